@@ -2,7 +2,8 @@
 # stdpkt guest init: PID 1 of every network-function instance.
 #
 # The host (stdpkt_lab.engine) boots linux.uml with init=<this file> and one
-# kernel argument STDPKT_CONF=<file in the instance's run directory>; that
+# kernel argument STDPKT_CONF=<file in the instance's run directory>, which
+# the guest sees at /run/stdpkt/host (files the host refers to are there); that
 # file is a shell fragment exporting the paper's variables (IFn is host-side
 # only; the guest sees IPn, NETMASKn, MTUn, GATEWAY) and ours:
 #   STDPKT_NAME    hostname            STDPKT_NIF     number of interfaces
@@ -22,15 +23,19 @@ export PATH HOME=/root TERM=dumb
 
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+mount -t tmpfs -o mode=755 run /run
+# The host's run directory (this instance's files) may live under /dev/shm,
+# which the guest's own /dev hides: mount that host directory by its host path.
+mkdir -p /run/stdpkt/host
+mount -t hostfs -o "${STDPKT_CONF%/*}" hostfs /run/stdpkt/host
 mount -t devtmpfs dev /dev 2>/dev/null || mount -t tmpfs -o mode=755 dev /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
-mount -t tmpfs -o mode=755 run /run
 mount -t tmpfs -o mode=1777 tmp /tmp
 mount -t tmpfs -o mode=700 root /root
 mount -t tmpfs -o mode=755 varlib /var/lib
 mount -t tmpfs -o mode=755 varlog /var/log
 
-. "$STDPKT_CONF" || { echo "@@STDPKT FAIL cannot read $STDPKT_CONF"; exec busybox poweroff -f; }
+. /run/stdpkt/host/"${STDPKT_CONF##*/}" || { echo "@@STDPKT FAIL cannot read $STDPKT_CONF"; exec busybox poweroff -f; }
 
 # Modules load on demand from the UML package's tree; modprobe looks only
 # under <dir>/lib/modules/<release>, so give it such a tree in tmpfs.

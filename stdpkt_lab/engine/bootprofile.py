@@ -1,0 +1,63 @@
+"""The kernel command line of an instance: the documented profile in ``lkl/boot-profile``
+plus the per-instance arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .paths import lkl_dir
+
+__all__ = ["VectorPort", "profile_args", "kernel_args"]
+
+
+@dataclass(frozen=True)
+class VectorPort:
+    """One guest interface attached to an inherited SOCK_SEQPACKET socket."""
+
+    fd: int
+    mtu: int = 1500
+    depth: int = 512  # TX queue depth: 64 (the default) drops frames at MTU 1500
+
+
+@lru_cache(maxsize=4)
+def _read_profile(path: Path) -> tuple[str, ...]:
+    args: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            args.append(line)
+    return tuple(args)
+
+
+def profile_args(profile: Path | None = None) -> tuple[str, ...]:
+    """Arguments every instance boots with (comments stripped)."""
+    return _read_profile(profile or lkl_dir() / "boot-profile")
+
+
+def kernel_args(
+    *,
+    mem_mb: int,
+    init: str,
+    console: tuple[int, int],
+    agent: tuple[int, int] | None,
+    ports: Sequence[VectorPort],
+    uml_dir: str,
+    umid: str,
+    extra: Sequence[str] = (),
+    profile: Path | None = None,
+) -> list[str]:
+    """The full kernel argument list (without the kernel binary itself)."""
+    args = [f"mem={mem_mb}M", *profile_args(profile), f"init={init}"]
+    args.append(f"con0=fd:{console[0]},fd:{console[1]}")
+    if agent is not None:
+        args.append(f"con1=fd:{agent[0]},fd:{agent[1]}")
+    for index, port in enumerate(ports):
+        opts = f"transport=fd,fd={port.fd},depth={port.depth}"
+        if port.mtu != 1500:
+            opts += f",mtu={port.mtu}"
+        args.append(f"vec{index}:{opts}")
+    args += [f"uml_dir={uml_dir}", f"umid={umid}", *extra]
+    return args

@@ -1,0 +1,463 @@
+"""One network-function instance: a User-Mode Linux kernel in its own process group.
+
+An :class:`Instance` runs a kernel; its ports are the host ends of
+SOCK_SEQPACKET socketpairs (one frame per message), which relays connect to
+pipes or to other instances.  Lifecycle::
+
+    CREATED --start()--> BOOTING --wait_ready()--> RUNNING --stop()--> STOPPED
+                            |                        |
+                            +--> FAILED              +--> EXITED (kernel ended on its own)
+
+The constructor does no I/O; :meth:`start` spawns; :meth:`stop` is idempotent
+and removes every process, descriptor and file the instance made.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import BootError, InstanceDied, StateError
+from . import bootprofile
+from ._spawn import spawn
+from .confine import Confinement, choose_confinement
+from .paths import helper, kernel_binary, lkl_dir, make_run_root
+from .spec import InstanceSpec
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from .agent import AgentClient, ExecResult
+
+__all__ = ["Instance", "InstanceState"]
+
+_MARKER = "@@STDPKT "
+#: Where the guest init binds the instance's run directory (lkl/init.sh).
+GUEST_RUN_DIR = "/run/stdpkt/host"
+#: Kernel stack dumps push the useful lines out of a console tail.
+_STACK_DUMP = re.compile(r"^(\s*\[<[0-9a-f]+>\]|( [0-9a-f]{8})+\s*$|Stack:|Call Trace:)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: Console lines the kernel prints on every boot; shown only in the console tail.
+_NOISE = re.compile(
+    r"^(Warning: tempdir .* is not on tmpfs|SELinux: |mmapper_init|Failed to initialize ubd"
+    r"|check_one_sigio|Failed to write utmp|Powering off|reboot: |Checking that ptrace"
+    r"|Checking syscall emulation|Checking advanced syscall|Checking environment variables"
+    r"|Checking if host processor|Core dump limits|Checking PROT_EXEC|Checking for tmpfs"
+    r"|Adding \d+ bytes to physical memory|Linux version |uml-vector .* netif_napi_add_weight|$)"
+)
+
+
+class InstanceState(enum.Enum):
+    CREATED = "created"
+    BOOTING = "booting"
+    RUNNING = "running"
+    EXITED = "exited"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class Instance:
+    """A booted (or booting) UML kernel running one network function."""
+
+    def __init__(
+        self,
+        spec: InstanceSpec,
+        *,
+        run_root: Path | None = None,
+        on_console: Callable[[str], None] | None = None,
+        confinement: Confinement | None = None,
+        console_lines: int = 200,
+    ) -> None:
+        self.spec = spec
+        self._run_root = run_root
+        self._on_console = on_console
+        self._confinement = confinement
+        self._tail: collections.deque[str] = collections.deque(maxlen=console_lines)
+        self._state = InstanceState.CREATED
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._exited = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._run_dir: Path | None = None
+        self._owns_run_dir = False
+        self._host_ports: list[socket.socket] = []
+        self._fds: list[int] = []  # our ends: console read, console input write
+        self._agent: AgentClient | None = None
+        self._monitor: threading.Thread | None = None
+        self._fail_reason: str | None = None
+        self.script_status: int | None = None
+        self.boot_started: float | None = None
+        self.boot_seconds: float | None = None
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def state(self) -> InstanceState:
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self._run_dir
+
+    @property
+    def mconsole_path(self) -> Path | None:
+        return self._run_dir / self.name / "mconsole" if self._run_dir else None
+
+    def port(self, index: int) -> socket.socket:
+        """Host end of port ``index``'s socketpair (one frame per message)."""
+        if not self._host_ports:
+            raise StateError(f"instance {self.name!r} is {self._state.value}: no ports yet")
+        return self._host_ports[index]
+
+    def console_tail(self, lines: int = 40) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.name} {self._state.value} pid={self.pid}>"
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Spawn the kernel (returns at once; :meth:`wait_ready` waits for the boot)."""
+        with self._lock:
+            if self._state is not InstanceState.CREATED:
+                raise StateError(f"instance {self.name!r} is {self._state.value}; start() needs created")
+            self._state = InstanceState.BOOTING
+        try:
+            self._spawn()
+        except BaseException:
+            self._state = InstanceState.FAILED
+            self._teardown()
+            raise
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the guest has configured its interfaces (and its agent answers)."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.is_set():
+            if self._exited.is_set():
+                self._state = InstanceState.FAILED
+                reason = self._fail_reason or "kernel exited during boot"
+                self._teardown()
+                raise BootError(reason, name=self.name, console_tail=self.console_tail())
+            if time.monotonic() >= deadline:
+                self._state = InstanceState.FAILED
+                self._teardown()
+                raise BootError(
+                    f"no sign of life {timeout:.0f} s after start",
+                    name=self.name,
+                    console_tail=self.console_tail(),
+                )
+            self._ready.wait(0.05)
+        if self._agent is not None:
+            try:
+                self._agent.wait_ready(max(deadline - time.monotonic(), 1.0))
+            except Exception as exc:
+                self._state = InstanceState.FAILED
+                self._teardown()
+                raise BootError(
+                    f"exec agent did not start: {exc}", name=self.name, console_tail=self.console_tail()
+                ) from exc
+        with self._lock:
+            if self._state is InstanceState.BOOTING:
+                self._state = InstanceState.RUNNING
+
+    def boot(self, timeout: float = 60.0) -> Instance:
+        """:meth:`start` then :meth:`wait_ready`."""
+        self.start()
+        self.wait_ready(timeout)
+        return self
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the kernel to end by itself; return the script's exit status if known."""
+        if not self._exited.wait(timeout):
+            return None
+        return self.script_status if self.script_status is not None else self.returncode
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    @property
+    def exited(self) -> bool:
+        return self._exited.is_set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the kernel and remove everything the instance made. Idempotent."""
+        with self._lock:
+            if self._state in (InstanceState.STOPPED, InstanceState.CREATED):
+                self._state = InstanceState.STOPPED
+                return
+            if self._state is not InstanceState.FAILED:
+                self._state = (
+                    InstanceState.EXITED if self._exited.is_set() else InstanceState.STOPPED
+                )
+        self._teardown(timeout)
+
+    def __enter__(self) -> Instance:
+        if self._state is InstanceState.CREATED:
+            self.boot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- commands
+    def exec(
+        self, cmd: str | Sequence[str], *, timeout: float | None = 30.0, input: bytes | None = None
+    ) -> ExecResult:
+        """Run ``cmd`` inside the guest (a string goes through /bin/sh -c)."""
+        return self._require_agent().exec(cmd, timeout=timeout, input=input)
+
+    def read_file(self, path: str, *, timeout: float = 5.0) -> bytes:
+        """Read a guest file without starting a process in the guest."""
+        return self._require_agent().read_file(path, timeout=timeout)
+
+    @property
+    def agent(self) -> AgentClient:
+        return self._require_agent()
+
+    def _require_agent(self) -> AgentClient:
+        if self._agent is None or self._state is not InstanceState.RUNNING:
+            if self._exited.is_set():
+                raise InstanceDied("the kernel has ended", name=self.name, console_tail=self.console_tail())
+            raise StateError(f"instance {self.name!r} is {self._state.value}: no exec channel")
+        return self._agent
+
+    # ---------------------------------------------------------------- internals
+    def _spawn(self) -> None:
+        spec = self.spec
+        confinement = self._confinement or choose_confinement()
+        if self._run_root is not None:
+            run_dir = self._run_root / spec.name
+            run_dir.mkdir(mode=0o700)
+        else:
+            run_dir = make_run_root(prefix=f"stdpkt-{spec.name}-")
+        self._run_dir = run_dir
+        self._owns_run_dir = True
+
+        guest_fds: list[int] = []
+        try:
+            ports: list[bootprofile.VectorPort] = []
+            for port in spec.ports:
+                host_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                self._host_ports.append(host_end)
+                guest_fds.append(guest_end.detach())
+                ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu))
+            cons_r, cons_w = os.pipe()
+            self._fds.append(cons_r)
+            guest_fds.append(cons_w)
+            in_r, in_w = os.pipe()  # console input: held open, never written
+            self._fds.append(in_w)
+            guest_fds.append(in_r)
+            agent_fds = None
+            if spec.agent:
+                to_guest_r, to_guest_w = os.pipe()
+                from_guest_r, from_guest_w = os.pipe()
+                guest_fds += [to_guest_r, from_guest_w]
+                from .agent import AgentClient
+
+                self._agent = AgentClient(to_guest_w, from_guest_r, name=spec.name)
+                agent_fds = (to_guest_r, from_guest_w)
+
+            init, conf = self._write_guest_files(run_dir, confinement)
+            confinement.prepare_run_dir(run_dir)
+            args = bootprofile.kernel_args(
+                mem_mb=spec.mem_mb,
+                init=init,
+                console=(0, 1),
+                agent=agent_fds,
+                ports=ports,
+                uml_dir=str(run_dir),
+                umid=spec.name,
+                extra=[f"STDPKT_CONF={conf}"],
+            )
+            argv = [*confinement.launcher_argv(run_dir, parent_pid=os.getpid()), kernel_binary(), *args]
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("IF", "IP", "NETMASK"))}
+            env["TMPDIR"] = str(run_dir)
+            self.boot_started = time.monotonic()
+            self._proc = spawn(
+                argv,
+                stdin=in_r,
+                stdout=cons_w,
+                stderr=cons_w,
+                pass_fds=[fd for fd in guest_fds if fd not in (in_r, cons_w)],
+                start_new_session=True,
+                env=env,
+                close_fds=True,
+            )
+        finally:
+            for fd in guest_fds:
+                os.close(fd)
+        self._monitor = threading.Thread(
+            target=self._watch_console, args=(cons_r,), name=f"stdpkt-console-{spec.name}", daemon=True
+        )
+        self._monitor.start()
+
+    def _write_guest_files(self, run_dir: Path, confinement: Confinement) -> tuple[str, str]:
+        spec = self.spec
+        init = str(lkl_dir() / "init.sh")
+        agent = helper("stdpkt-agent") if spec.agent else ""
+        # The script is copied: the guest's own tmpfs hides the host's /tmp, and the
+        # kernel's user may not be able to read the original.
+        script = _copy_into(str(spec.script.resolve()), run_dir) if spec.script else ""
+        if confinement.needs_private_copies:  # the kernel's user may not read our paths
+            shutil.copy2(init, run_dir / "guest-init.sh")
+            init = str(run_dir / "guest-init.sh")  # exec'd by the kernel: a host path
+            agent = _copy_into(agent, run_dir) if agent else ""
+        values: dict[str, str] = {
+            "STDPKT_NAME": spec.name,
+            "STDPKT_NIF": str(len(spec.ports)),
+            "STDPKT_SCRIPT": script,
+            "STDPKT_ONESHOT": "1" if spec.oneshot else "0",
+            "STDPKT_AGENT": agent,
+            "STDPKT_CWD": spec.cwd or os.getcwd(),
+        }
+        for port in spec.ports:
+            if port.address is not None:
+                values[f"IP{port.index}"] = str(port.address.ip)
+                values[f"NETMASK{port.index}"] = str(port.address.network.prefixlen)
+            values[f"MTU{port.index}"] = str(port.mtu)
+        if spec.gateway is not None:
+            values["GATEWAY"] = str(spec.gateway)
+        if spec.hosts is not None:
+            (run_dir / "hosts").write_text(spec.hosts)
+            values["STDPKT_HOSTS"] = f"{GUEST_RUN_DIR}/hosts"
+        if spec.routes:
+            (run_dir / "routes").write_text("".join(f"route add {r}\n" for r in spec.routes))
+            values["STDPKT_ROUTES"] = f"{GUEST_RUN_DIR}/routes"
+        if spec.setup:
+            (run_dir / "setup.sh").write_text(spec.setup)
+            values["STDPKT_SETUP"] = f"{GUEST_RUN_DIR}/setup.sh"
+        for key, value in spec.env.items():
+            values.setdefault(key, value)
+        conf = run_dir / "guest.env"
+        conf.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
+        return init, str(conf)
+
+    def _watch_console(self, fd: int) -> None:
+        with os.fdopen(fd, "rb", buffering=65536) as stream:
+            for raw in stream:
+                line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n").replace("\r", "")
+                if line.startswith(_MARKER):
+                    self._on_marker(line[len(_MARKER):])
+                    continue
+                if not _STACK_DUMP.match(line):
+                    self._tail.append(line)
+                if self._on_console is not None and not _NOISE.match(line):
+                    self._on_console(line)
+        proc = self._proc
+        if proc is not None:
+            proc.wait()
+        if self._agent is not None:
+            self._agent.close()
+        self._exited.set()
+
+    def _on_marker(self, text: str) -> None:
+        word, _, rest = text.partition(" ")
+        if word == "READY":
+            if self.boot_started is not None:
+                self.boot_seconds = time.monotonic() - self.boot_started
+            self._ready.set()
+        elif word == "SCRIPT-EXIT":
+            try:
+                self.script_status = int(rest)
+            except ValueError:
+                self.script_status = 255
+        elif word == "FAIL":
+            self._fail_reason = rest
+            self._tail.append(f"guest init: {rest}")
+        elif word == "WARN":
+            self._tail.append(f"guest init: {rest}")
+            if self._on_console is not None:
+                self._on_console(f"stdpkt: {self.name}: {rest}")
+
+    def _teardown(self, timeout: float = 5.0) -> None:
+        proc = self._proc
+        if proc is not None:
+            _end_process_group(proc, timeout)
+        if self._agent is not None:
+            self._agent.close()
+        for sock in self._host_ports:
+            sock.close()
+        for fd in self._fds[1:]:  # fds[0] (console) is closed by the monitor thread
+            _close_quietly(fd)
+        self._fds[1:] = []
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join(timeout)
+        elif proc is None and self._fds:
+            _close_quietly(self._fds[0])
+        self._exited.set()
+        if self._run_dir is not None and self._owns_run_dir:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._owns_run_dir = False
+
+
+def _copy_into(path: str, run_dir: Path) -> str:
+    """Copy a host file into the run directory; return its path as the guest sees it."""
+    name = "guest-" + os.path.basename(path)
+    shutil.copy2(path, run_dir / name)
+    return f"{GUEST_RUN_DIR}/{name}"
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _end_process_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the kernel's process group, wait, then SIGKILL; reap the leader.
+
+    UML is several host processes; SIGKILL of the leader alone leaves its
+    helpers running, so the whole group is signalled (it is the session we
+    created with start_new_session, so pgid == pid).
+    """
+    pgid = proc.pid
+    if proc.poll() is None or _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc.poll()
+            if proc.returncode is not None and not _group_alive(pgid):
+                break
+            time.sleep(0.02)
+        else:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    proc.wait()
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)

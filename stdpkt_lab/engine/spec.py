@@ -1,0 +1,69 @@
+"""What one instance is, as plain data: its ports, addresses, script. Nothing here starts."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PortSpec", "InstanceSpec", "MAX_PORTS", "MAX_MTU"]
+
+MAX_PORTS = 8
+#: Largest MTU the UML vector driver accepts (65535 is silently ignored: uml-facts.md).
+MAX_MTU = 65534
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """Interface ``eth<index>`` of an instance."""
+
+    index: int
+    address: ipaddress.IPv4Interface | None = None
+    mtu: int = 1500
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < MAX_PORTS:
+            raise ValueError(f"port index {self.index} outside 0..{MAX_PORTS - 1}")
+        if not 68 <= self.mtu <= MAX_MTU:
+            raise ValueError(f"MTU {self.mtu} outside 68..{MAX_MTU}")
+
+    @property
+    def device(self) -> str:
+        return f"eth{self.index}"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything needed to boot one network-function instance.
+
+    ``script`` is a host path run with ``/bin/sh`` inside the guest after the
+    interfaces are up; ``setup`` is shell text run before it (what an NF kind
+    configures); ``env`` is exported to both. ``routes`` are ``ip route``
+    arguments (``"10.1.0.0/24 via 10.0.0.1"``); ``hosts`` the guest's /etc/hosts.
+    """
+
+    name: str
+    ports: tuple[PortSpec, ...] = ()
+    gateway: ipaddress.IPv4Address | None = None
+    routes: tuple[str, ...] = ()
+    script: Path | None = None
+    setup: str | None = None
+    oneshot: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+    hosts: str | None = None
+    cwd: str | None = None
+    mem_mb: int = 128
+    agent: bool = True
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"instance name {self.name!r}: use letters, digits, '_', '.', '-' (at most 40)"
+            )
+        if [p.index for p in self.ports] != list(range(len(self.ports))):
+            raise ValueError(f"instance {self.name!r}: ports must be numbered 0..n-1 in order")
+        if not 24 <= self.mem_mb <= 4096:
+            raise ValueError(f"instance {self.name!r}: mem_mb {self.mem_mb} outside 24..4096")
