@@ -15,10 +15,11 @@ __all__ = ["VectorPort", "profile_args", "kernel_args"]
 
 @dataclass(frozen=True)
 class VectorPort:
-    """One guest interface attached to an inherited SOCK_SEQPACKET socket."""
+    """One guest interface: an inherited SOCK_SEQPACKET socket, or a host tap device."""
 
-    fd: int
+    fd: int = -1
     mtu: int = 1500
+    tap: str | None = None
     depth: int = 512  # TX queue depth: 64 (the default) drops frames at MTU 1500
 
 
@@ -55,7 +56,10 @@ def kernel_args(
     if agent is not None:
         args.append(f"con1=fd:{agent[0]},fd:{agent[1]}")
     for index, port in enumerate(ports):
-        opts = f"transport=fd,fd={port.fd},depth={port.depth}"
+        if port.tap is not None:
+            opts = f"transport=tap,ifname={port.tap},depth={port.depth}"
+        else:
+            opts = f"transport=fd,fd={port.fd},depth={port.depth}"
         if port.mtu != 1500:
             opts += f",mtu={port.mtu}"
         args.append(f"vec{index}:{opts}")

@@ -91,7 +91,7 @@ class Instance:
         self._proc: subprocess.Popen[bytes] | None = None
         self._run_dir: Path | None = None
         self._owns_run_dir = False
-        self._host_ports: list[socket.socket] = []
+        self._host_ports: list[socket.socket | None] = []
         self._fds: list[int] = []  # our ends: console read, console input write
         self._agent: AgentClient | None = None
         self._monitor: threading.Thread | None = None
@@ -125,7 +125,10 @@ class Instance:
         """Host end of port ``index``'s socketpair (one frame per message)."""
         if not self._host_ports:
             raise StateError(f"instance {self.name!r} is {self._state.value}: no ports yet")
-        return self._host_ports[index]
+        sock = self._host_ports[index]
+        if sock is None:
+            raise StateError(f"instance {self.name!r}: eth{index} is a tap device, not a socket")
+        return sock
 
     def console_tail(self, lines: int = 40) -> str:
         return "\n".join(list(self._tail)[-lines:])
@@ -195,6 +198,11 @@ class Instance:
         return self._proc.returncode if self._proc else None
 
     @property
+    def ready(self) -> bool:
+        """True once the guest has configured its interfaces."""
+        return self._ready.is_set()
+
+    @property
     def exited(self) -> bool:
         return self._exited.is_set()
 
@@ -256,6 +264,10 @@ class Instance:
         try:
             ports: list[bootprofile.VectorPort] = []
             for port in spec.ports:
+                if port.tap is not None:
+                    ports.append(bootprofile.VectorPort(mtu=port.mtu, tap=port.tap))
+                    self._host_ports.append(None)
+                    continue
                 host_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 self._host_ports.append(host_end)
                 guest_fds.append(guest_end.detach())
@@ -395,7 +407,8 @@ class Instance:
         if self._agent is not None:
             self._agent.close()
         for sock in self._host_ports:
-            sock.close()
+            if sock is not None:
+                sock.close()
         for fd in self._fds[1:]:  # fds[0] (console) is closed by the monitor thread
             _close_quietly(fd)
         self._fds[1:] = []

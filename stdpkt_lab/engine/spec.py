@@ -18,11 +18,16 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 @dataclass(frozen=True)
 class PortSpec:
-    """Interface ``eth<index>`` of an instance."""
+    """Interface ``eth<index>`` of an instance.
+
+    By default the port is a socketpair whose host end a relay serves; with
+    ``tap`` the kernel attaches straight to that host tap device (root only).
+    """
 
     index: int
     address: ipaddress.IPv4Interface | None = None
     mtu: int = 1500
+    tap: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < MAX_PORTS:

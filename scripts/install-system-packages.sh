@@ -1,0 +1,18 @@
+#!/bin/sh
+# Install the Debian packages stdpkt-lab needs (idempotent). As root: apt-get.
+# Not root: check, and name what is missing.
+PKGS="user-mode-linux uml-utilities iproute2 iptables nftables conntrack ipvsadm iperf3 tcpdump curl wget netcat-openbsd busybox iputils-ping kmod procps gcc libc6-dev python3-venv"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+    echo "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing
+else
+    echo "stdpkt-lab needs these Debian packages, which are missing:$missing" >&2
+    echo "ask an administrator to run: apt-get install$missing" >&2
+    exit 1
+fi

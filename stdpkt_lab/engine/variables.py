@@ -1,0 +1,150 @@
+"""The paper's variables (``IFn``, ``IPn``, ``NETMASKn``, ``MTUn``, ``GATEWAY``) → an instance.
+
+``IFn`` is ``"RX|TX"`` (two paths: ``/dev/stdin``, ``/dev/stdout`` or a named
+pipe, created if missing) or ``tap:NAME`` (a host tap device; root only).
+Interface ``n`` is ``eth<n>`` inside the instance.  Everything is checked
+before any kernel boots; a problem raises :class:`~stdpkt_lab.errors.VariableError`
+naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import VariableError
+from .spec import MAX_MTU, MAX_PORTS, InstanceSpec, PortSpec
+
+__all__ = ["PipeEnds", "RunConfig", "parse_variables", "PAPER_VARIABLES"]
+
+PAPER_VARIABLES = ("IFn", "IPn", "NETMASKn", "MTUn", "GATEWAY")
+_INDEXED = re.compile(r"^(IF|IP|NETMASK|MTU)(\d+)$")
+_TAP = re.compile(r"^tap:([A-Za-z0-9_.-]{1,15})$")
+
+
+@dataclass(frozen=True)
+class PipeEnds:
+    """Where port ``index`` reads frames from (``rx``) and writes them to (``tx``)."""
+
+    index: int
+    rx: str
+    tx: str
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A parsed ``stdpkt run``: the instance and the pipes of its socket ports."""
+
+    spec: InstanceSpec
+    pipes: tuple[PipeEnds, ...]
+
+
+def _parse_if(name: str, value: str) -> tuple[str | None, PipeEnds | None]:
+    tap = _TAP.match(value)
+    if tap:
+        return tap.group(1), None
+    if value.startswith("tap:"):
+        raise VariableError(name, f"bad tap device name in {value!r} (1-15 of A-Z a-z 0-9 _ . -)")
+    parts = value.split("|")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise VariableError(
+            name, f"expected 'RX|TX' (two paths joined by one '|') or 'tap:NAME', got {value!r}"
+        )
+    return None, PipeEnds(int(name[2:]), parts[0].strip(), parts[1].strip())
+
+
+def _parse_ip(name: str, value: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value.strip())
+    except ValueError:
+        raise VariableError(name, f"{value!r} is not an IPv4 address") from None
+
+
+def _parse_prefix(name: str, value: str) -> int:
+    value = value.strip()
+    if value.isdigit() and 0 <= int(value) <= 32:
+        return int(value)
+    try:
+        return ipaddress.IPv4Network(f"0.0.0.0/{value}").prefixlen
+    except ValueError:
+        raise VariableError(name, f"{value!r} is neither a prefix length 0-32 nor a netmask") from None
+
+
+def _parse_mtu(name: str, value: str) -> int:
+    if not value.strip().isdigit() or not 68 <= int(value) <= MAX_MTU:
+        raise VariableError(name, f"{value!r} is not an MTU between 68 and {MAX_MTU}")
+    return int(value)
+
+
+def parse_variables(
+    env: Mapping[str, str],
+    *,
+    name: str,
+    script: Path | None,
+    oneshot: bool = False,
+    mem_mb: int = 128,
+) -> RunConfig:
+    """Check the paper's variables in ``env`` and build the instance they describe."""
+    indexed: dict[str, dict[int, str]] = {"IF": {}, "IP": {}, "NETMASK": {}, "MTU": {}}
+    for key, value in env.items():
+        match = _INDEXED.match(key)
+        if match:
+            prefix, number = match.group(1), int(match.group(2))
+            if number >= MAX_PORTS:
+                raise VariableError(key, f"only {prefix}0..{prefix}{MAX_PORTS - 1} exist")
+            indexed[prefix][number] = value
+    ifs = indexed["IF"]
+    for number in sorted(ifs):
+        if number > 0 and number - 1 not in ifs:
+            raise VariableError(f"IF{number}", f"is set but IF{number - 1} is not (number them from 0)")
+    for prefix in ("IP", "NETMASK", "MTU"):
+        for number in indexed[prefix]:
+            if number not in ifs:
+                raise VariableError(f"{prefix}{number}", f"is set but IF{number} is not")
+
+    ports: list[PortSpec] = []
+    pipes: list[PipeEnds] = []
+    for number in sorted(ifs):
+        tap, ends = _parse_if(f"IF{number}", ifs[number])
+        address = None
+        if number in indexed["IP"]:
+            ip = _parse_ip(f"IP{number}", indexed["IP"][number])
+            prefix = _parse_prefix(f"NETMASK{number}", indexed["NETMASK"].get(number, "24"))
+            address = ipaddress.IPv4Interface(f"{ip}/{prefix}")
+        elif number in indexed["NETMASK"]:
+            raise VariableError(f"NETMASK{number}", f"is set but IP{number} is not")
+        mtu = _parse_mtu(f"MTU{number}", indexed["MTU"][number]) if number in indexed["MTU"] else 1500
+        ports.append(PortSpec(number, address, mtu, tap=tap))
+        if ends is not None:
+            pipes.append(ends)
+
+    gateway = _parse_ip("GATEWAY", env["GATEWAY"]) if env.get("GATEWAY") else None
+    if script is not None:
+        if not script.exists():
+            raise VariableError("SCRIPT", f"{script}: no such file")
+        if not script.is_file():
+            raise VariableError("SCRIPT", f"{script}: not a regular file")
+        try:
+            script.open("rb").close()
+        except OSError as exc:
+            raise VariableError("SCRIPT", f"{script}: cannot read ({exc.strerror})") from None
+    passthrough = {
+        k: v for k, v in env.items()
+        if re.match(r"^(IP|NETMASK|MTU)\d+$|^GATEWAY$", k)
+    }
+    try:
+        spec = InstanceSpec(
+            name=name,
+            ports=tuple(ports),
+            gateway=gateway,
+            script=script,
+            oneshot=oneshot,
+            env=passthrough,
+            mem_mb=mem_mb,
+        )
+    except ValueError as exc:
+        raise VariableError("instance", str(exc)) from None
+    return RunConfig(spec, tuple(pipes))
