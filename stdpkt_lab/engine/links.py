@@ -1,0 +1,77 @@
+"""A link: two instance ports joined by a relay, one pump per direction.
+
+The relay counts frames, bytes, drops and keeps a ring of recent frames for
+each direction; a link can be stopped and its ports re-joined elsewhere (the
+pumps own nothing but their threads: the sockets belong to the instances).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from ..relay import Endpoint, Pump, PumpResult, PumpStats
+from .instance import Instance
+
+__all__ = ["Link"]
+
+
+class Link:
+    """``a`` port ``a_port`` ⟷ ``b`` port ``b_port``."""
+
+    def __init__(
+        self,
+        a: Instance,
+        a_port: int,
+        b: Instance,
+        b_port: int,
+        *,
+        trace_slots: int = 1024,
+        trace_snap: int = 256,
+        on_end: Callable[[Link, str], None] | None = None,
+    ) -> None:
+        self.a, self.a_port, self.b, self.b_port = a, a_port, b, b_port
+        self._trace = (trace_slots, trace_snap)
+        self._on_end = on_end
+        self._pumps: dict[tuple[str, str], Pump] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.a.name}:eth{self.a_port}<->{self.b.name}:eth{self.b_port}"
+
+    @property
+    def directions(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        return (self.a.name, self.b.name), (self.b.name, self.a.name)
+
+    def start(self) -> None:
+        sa = self.a.port(self.a_port).fileno()
+        sb = self.b.port(self.b_port).fileno()
+        slots, snap = self._trace
+        for (src, dst), (fin, fout) in zip(self.directions, ((sa, sb), (sb, sa))):
+            pump = Pump(Endpoint.socket(fin), Endpoint.socket(fout), name=f"{src}->{dst}",
+                        trace_slots=slots, trace_snap=snap)
+            pump.on_exit = self._pump_ended
+            self._pumps[(src, dst)] = pump
+        for pump in self._pumps.values():
+            pump.start()
+
+    def pump(self, src: str, dst: str) -> Pump:
+        return self._pumps[(src, dst)]
+
+    def stats(self) -> dict[tuple[str, str], PumpStats]:
+        return {key: pump.stats for key, pump in self._pumps.items()}
+
+    def _pump_ended(self, pump: Pump, result: PumpResult) -> None:
+        if self._stopped or result is PumpResult.STOPPED or self._on_end is None:
+            return
+        self._on_end(self, f"{pump.name}: {result.name.lower()} {pump.stats.last_error}".strip())
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopped = True
+        for pump in self._pumps.values():
+            pump.stop(timeout)
+
+    def __repr__(self) -> str:
+        return f"<Link {self.name}>"
