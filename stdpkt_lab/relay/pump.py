@@ -1,0 +1,350 @@
+"""Pump: one C relay loop moving frames from an :class:`Endpoint` to another.
+
+Division of labour: an :class:`Endpoint` only says what a descriptor carries
+(one frame per socket message, or a pcap byte stream); a :class:`Pump` moves
+frames between two endpoints in a daemon thread that runs the C loop with the
+GIL released, counts them and keeps a ring of recent frames.
+
+Life cycle: ``Pump(...)`` allocates memory only; ``start()`` takes private
+descriptions of the descriptors and starts the thread; the loop ends when asked
+(``stop()``), at the end of the source, when the destination's peer goes away,
+on a bad pcap stream or an I/O error; ``result`` says which.  A pump runs once.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from stdpkt_lab.errors import ConfigError, LinkError, PcapError, StateError
+from stdpkt_lab.relay import bpf
+
+try:
+    from stdpkt_lab.relay._relay import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "stdpkt_lab.relay._relay is not built: pip install the package, or run "
+        "`python stdpkt_lab/relay/_build_relay.py`"
+    ) from exc
+
+__all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame"]
+
+log = logging.getLogger(__name__)
+
+FRAME_MIN = lib.RELAY_FRAME_MIN
+FRAME_MAX = lib.RELAY_FRAME_MAX
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+class PumpResult(enum.Enum):
+    """Why a pump's loop ended."""
+
+    STOPPED = lib.RELAY_STOPPED  # stop() was called
+    EOF = lib.RELAY_EOF  # the source reached its end (pipe closed, peer closed)
+    PEER_CLOSED = lib.RELAY_PEER_CLOSED  # the destination's reader went away
+    BAD_STREAM = lib.RELAY_BAD_STREAM  # the pcap source has an invalid global header
+    ERROR = lib.RELAY_ERROR  # any other I/O error; see PumpStats.last_error
+
+
+@dataclass(frozen=True)
+class PumpStats:
+    """A snapshot of a pump's counters (the same names on every link)."""
+
+    frames: int = 0
+    bytes: int = 0
+    drops: int = 0
+    malformed: int = 0
+    skipped_bytes: int = 0
+    injected: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class TracedFrame:
+    """A frame kept in the trace ring: raw bytes (at most ``trace_snap``) and metadata."""
+
+    ts_ns: int
+    orig_len: int
+    data: bytes
+    seq: int
+    injected: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What a file descriptor carries. ``close=True`` hands the descriptor to the pump,
+    which closes it when its loop ends (so that a pipe's reader sees EOF)."""
+
+    fd: int
+    kind: str  # "socket" or "pcap"
+    close: bool = False
+
+    @classmethod
+    def socket(cls, fd: int | _HasFileno, *, close: bool = False) -> Endpoint:
+        """A SOCK_SEQPACKET or SOCK_DGRAM socket: one Ethernet frame per message."""
+        return cls(_fileno(fd), "socket", close)
+
+    @classmethod
+    def pcap(cls, fd: int | _HasFileno, *, close: bool = False) -> Endpoint:
+        """A byte stream carrying pcap (pipe, FIFO, file, stream socket)."""
+        return cls(_fileno(fd), "pcap", close)
+
+    @property
+    def _ckind(self) -> int:
+        return lib.RELAY_KIND_SOCKET if self.kind == "socket" else lib.RELAY_KIND_PCAP
+
+
+def _fileno(fd: int | _HasFileno) -> int:
+    n = fd if isinstance(fd, int) else fd.fileno()
+    if n < 0:
+        raise ConfigError(f"endpoint file descriptor {n} is not valid")
+    return n
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Pump:
+    """Moves frames from ``src`` to ``dst`` in a daemon thread running the C loop."""
+
+    def __init__(
+        self,
+        src: Endpoint,
+        dst: Endpoint,
+        *,
+        name: str = "",
+        trace_slots: int = 1024,
+        trace_snap: int = 256,
+        write_header: bool = True,
+    ) -> None:
+        if trace_slots < 0 or trace_slots & (trace_slots - 1):
+            raise ConfigError(f"trace_slots must be 0 or a power of two, not {trace_slots}")
+        if trace_slots and not 1 <= trace_snap <= FRAME_MAX:
+            raise ConfigError(f"trace_snap must be in 1..{FRAME_MAX}, not {trace_snap}")
+        for ep in (src, dst):
+            if ep.kind not in ("socket", "pcap"):
+                raise ConfigError(f"unknown endpoint kind {ep.kind!r}")
+        self.src = src
+        self.dst = dst
+        self.name = name
+        self.write_header = write_header
+        self.on_exit: Callable[[Pump, PumpResult], object] | None = None
+        self._trace_slots = trace_slots
+        self._trace_snap = trace_snap if trace_slots else 0
+        self._filter: str | None = None
+        self._stats = ffi.new("relay_stats *")
+        r = lib.relay_new(self._stats, trace_slots, self._trace_snap)
+        if r == ffi.NULL:
+            raise MemoryError(f"pump {name!r}: cannot allocate the relay")
+        self._r = ffi.gc(r, lib.relay_free)
+        self._lock = threading.Lock()
+        self._state = _State.NEW
+        self._thread: threading.Thread | None = None
+        self._result: PumpResult | None = None
+
+    # ---------------------------------------------------------------- life cycle
+
+    def start(self) -> Pump:
+        """Opens private descriptions of both descriptors, writes the pcap global header
+        (when the destination is pcap and ``write_header``) and starts the loop."""
+        with self._lock:
+            if self._state is not _State.NEW:
+                raise StateError(f"pump {self.name!r} was already started ({self._state.value})")
+            rc = lib.relay_open(
+                self._r,
+                self.src.fd,
+                self.src._ckind,
+                self.dst.fd,
+                self.dst._ckind,
+                1 if self.write_header else 0,
+            )
+            if rc < 0:
+                raise LinkError(f"pump {self.name!r}: {self._last_error()}")
+            self._thread = threading.Thread(target=self._run, name=f"pump {self.name}", daemon=True)
+            self._state = _State.RUNNING
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        code = PumpResult.ERROR.value
+        try:
+            code = lib.relay_run(self._r)  # blocks; cffi releases the GIL
+        finally:
+            for ep in (self.src, self.dst):
+                if ep.close:
+                    try:
+                        os.close(ep.fd)
+                    except OSError:
+                        pass
+            self._result = PumpResult(code)
+            with self._lock:
+                self._state = _State.FINISHED
+        callback = self.on_exit
+        if callback is not None:
+            try:
+                callback(self, self._result)
+            except Exception:
+                log.exception("on_exit callback of pump %r failed", self.name)
+
+    def stop(self, timeout: float | None = 2.0) -> PumpResult | None:
+        """Ends the loop and waits for its thread; idempotent. Works while the loop is
+        blocked on a full destination. Raises LinkError if the thread outlives timeout."""
+        with self._lock:
+            if self._state is _State.NEW:
+                self._state = _State.FINISHED  # never ran; refuses start() from now on
+                return None
+            thread = self._thread
+        lib.relay_stop(self._r)
+        if thread is None or thread is threading.current_thread():
+            return self._result
+        thread.join(timeout)
+        if thread.is_alive():
+            raise LinkError(f"pump {self.name!r} did not stop within {timeout} s")
+        return self._result
+
+    def wait(self, timeout: float | None = None) -> PumpResult | None:
+        """Waits for the loop to end (and on_exit to return); None on timeout."""
+        thread = self._thread
+        if thread is None:
+            return self._result
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+        return self._result
+
+    @property
+    def result(self) -> PumpResult | None:
+        """Why the loop ended, or None while it runs (or before start)."""
+        return self._result
+
+    @property
+    def running(self) -> bool:
+        return self._state is _State.RUNNING and self._result is None
+
+    def __enter__(self) -> Pump:
+        if self._state is _State.NEW:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        what = self._result.name if self._result else self._state.value
+        src, dst = self.src, self.dst
+        return f"<Pump {self.name!r} {src.kind}:{src.fd}->{dst.kind}:{dst.fd} {what}>"
+
+    # ---------------------------------------------------------------- counters
+
+    def _last_error(self) -> str:
+        buf = ffi.new("char[]", 512)
+        n = lib.relay_last_error(self._r, buf, 512)
+        return ffi.string(buf, n).decode(errors="replace")
+
+    @property
+    def stats(self) -> PumpStats:
+        s = self._stats
+        return PumpStats(
+            frames=s.frames,
+            bytes=s.bytes,
+            drops=s.drops,
+            malformed=s.malformed,
+            skipped_bytes=s.skipped_bytes,
+            injected=s.injected,
+            last_error=self._last_error(),
+        )
+
+    # ---------------------------------------------------------------- injection
+
+    def inject(self, frame: bytes) -> None:
+        """Writes one frame into the destination (a pcap record or a socket message),
+        never interleaved with the loop's own writes. Blocks while the destination is full."""
+        if not self.running:
+            raise StateError(f"pump {self.name!r} is not running; cannot inject")
+        data = bytes(frame)
+        if not FRAME_MIN <= len(data) <= FRAME_MAX:
+            raise LinkError(
+                f"pump {self.name!r}: cannot inject a frame of {len(data)} bytes "
+                f"(an Ethernet frame has {FRAME_MIN}..{FRAME_MAX})"
+            )
+        rc = lib.relay_inject(self._r, ffi.from_buffer(data), len(data))
+        if rc == 0:
+            return
+        if rc in (-errno.EBADF, -errno.ECANCELED):
+            raise StateError(f"pump {self.name!r} stopped before the frame could be injected")
+        if rc == -errno.EPIPE:
+            raise LinkError(f"pump {self.name!r}: cannot inject, destination closed by its peer")
+        if rc == -errno.EMSGSIZE:
+            raise LinkError(f"pump {self.name!r}: destination refused a frame of {len(data)} bytes")
+        raise LinkError(f"pump {self.name!r}: inject failed: {self._last_error()}")
+
+    # ---------------------------------------------------------------- trace ring
+
+    @property
+    def trace_enabled(self) -> bool:
+        return bool(lib.relay_get_trace(self._r))
+
+    @trace_enabled.setter
+    def trace_enabled(self, on: bool) -> None:
+        lib.relay_set_trace(self._r, 1 if on else 0)
+
+    @property
+    def filter(self) -> str | None:
+        """The trace filter expression in force, or None."""
+        return self._filter
+
+    def set_filter(self, expr: str | None) -> None:
+        """Keeps only frames matching a pcap filter expression in the trace ring
+        (relaying is unaffected). None or "" keeps every frame."""
+        if expr is None or not expr.strip():
+            lib.relay_set_filter(self._r, ffi.NULL, 0)
+            self._filter = None
+            return
+        prog = bpf.compile_filter(expr)
+        insns = ffi.new("relay_bpf_insn[]", len(prog))
+        for i, ins in enumerate(prog):
+            insns[i].code = ins.code
+            insns[i].jt = ins.jt
+            insns[i].jf = ins.jf
+            insns[i].k = ins.k
+        if lib.relay_set_filter(self._r, insns, len(prog)) != 0:
+            raise PcapError(f"capture filter {expr!r} compiled to an invalid BPF program")
+        self._filter = expr
+
+    def trace(self, limit: int | None = None) -> list[TracedFrame]:
+        """A copy of the ring, oldest first; the most recent ``limit`` frames if given."""
+        n = self._trace_slots if limit is None else max(0, min(limit, self._trace_slots))
+        if n == 0:
+            return []
+        snap = self._trace_snap
+        entries = ffi.new("relay_trace_entry[]", n)
+        data = ffi.new("uint8_t[]", n * snap)
+        got = lib.relay_trace_copy(self._r, entries, data, n)
+        raw = ffi.buffer(data)
+        out = []
+        for i in range(got):
+            e = entries[i]
+            out.append(
+                TracedFrame(
+                    ts_ns=e.ts_ns,
+                    orig_len=e.orig_len,
+                    data=raw[i * snap : i * snap + e.cap_len],
+                    seq=e.seq,
+                    injected=bool(e.flags & lib.RELAY_TRACE_INJECTED),
+                )
+            )
+        return out
+
+    def clear_trace(self) -> None:
+        lib.relay_clear_trace(self._r)
