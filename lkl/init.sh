@@ -25,10 +25,11 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs -o mode=755 run /run
 # The host's run directory (this instance's files) may live under /dev/shm,
-# which the guest's own /dev hides: mount that host directory by its host path.
+# which the guest's own /dev (devtmpfs) hides: mount that host directory by its host path.
 mkdir -p /run/stdpkt/host
 mount -t hostfs -o "${STDPKT_CONF%/*}" hostfs /run/stdpkt/host
-mount -t devtmpfs dev /dev 2>/dev/null || mount -t tmpfs -o mode=755 dev /dev
+# The kernel mounts devtmpfs on /dev itself (CONFIG_DEVTMPFS_MOUNT); only if not:
+[ -c /dev/null ] || mount -t devtmpfs dev /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmp /tmp
 mount -t tmpfs -o mode=700 root /root

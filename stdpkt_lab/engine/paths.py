@@ -22,7 +22,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 def lkl_dir() -> Path:
     """The guest-side sources (init, boot profile) shipped with the package or the checkout."""
-    for candidate in (_PACKAGE_DIR / "_bin", _PACKAGE_DIR.parent / "lkl"):
+    # a checkout's lkl/ first (edited files take effect at once), then the installed copy
+    for candidate in (_PACKAGE_DIR.parent / "lkl", _PACKAGE_DIR / "_bin"):
         if (candidate / "boot-profile").is_file():
             return candidate
     raise EnvironmentProblem(
