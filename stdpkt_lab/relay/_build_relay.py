@@ -59,7 +59,7 @@ def build_in_place(verbose: bool = False) -> Path:
     The file is named ``_relay.abi3.so``, as setup.py's build names it (cffi defines
     Py_LIMITED_API), and other builds of the module there are removed: Python prefers
     ``_relay.cpython-3XX-*.so`` to ``_relay.abi3.so``, so a stale one would shadow it."""
-    with tempfile.TemporaryDirectory(prefix="stdpkt-relay-build-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="relay-build-") as tmp:
         built = Path(make_ffibuilder(absolute=True).compile(tmpdir=tmp, verbose=verbose))
         target = HERE / "_relay.abi3.so"
         partial = target.with_name(target.name + ".tmp")
