@@ -81,8 +81,13 @@ class TracedFrame:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """What a file descriptor carries. ``close=True`` hands the descriptor to the pump,
-    which closes it when its loop ends (so that a pipe's reader sees EOF)."""
+    """What a file descriptor carries.
+
+    At start() a pump takes a description of its own (pipes and FIFOs are reopened
+    through /proc/self/fd, so the caller's never becomes non-blocking; sockets and files
+    are dup'ed) and closes it when its loop ends.  The caller's descriptor stays the
+    caller's, unless ``close=True``: then the pump closes it too when its loop ends, so
+    that a pipe's reader sees EOF.  A failed start() closes nothing."""
 
     fd: int
     kind: str  # "socket" or "pcap"
