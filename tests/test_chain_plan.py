@@ -598,6 +598,7 @@ def test_lb_validation() -> None:
     assert "expected int" in str(lb_case(port="80"))
     assert "front port" in str(lb_case(front="sw"))
     assert "weights names 'client'" in str(lb_case(weights={"client": 2}))
+    assert "integer >= 0" in str(lb_case(weights={"s1": "2"}))
     # a backend that cannot be reached: an island
     g = lb_graph()
     g.add_nodes_from(["s9", "s10"], kind="host")

@@ -91,9 +91,11 @@ class LoadBalancer(NFKind):
                 raise ctx.error(f"backend {b!r} is listed twice")
             if not ctx.addresses(b):
                 raise ctx.error(f"backend {b!r} has no address (a bridge, or a node without links)")
-        for b in ctx.params["weights"] or {}:
+        for b, weight in (ctx.params["weights"] or {}).items():
             if b not in backends:
                 raise ctx.error(f"weights names {b!r}, which is not a backend")
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+                raise ctx.error(f"weight of {b!r} must be an integer >= 0, got {weight!r}")
         if not 1 <= ctx.params["port"] <= 65535:
             raise ctx.error(f"port {ctx.params['port']} outside 1..65535")
         front = self._front_ports(ctx)

@@ -31,7 +31,15 @@ from ..engine.spec import InstanceSpec, PortSpec
 from ..errors import ChainError
 from .addressing import Addressing, RawLink, assign_addresses
 from .kinds import KindContext, KindRegistry, NFKind, Param, suggest
-from .routing import L3Graph, RouteTable, collapse_to_gateway, format_routes, pin_through
+from .routing import (
+    L3Graph,
+    RouteTable,
+    collapse_to_gateway,
+    explicit_routes,
+    format_routes,
+    hop_address,
+    pin_through,
+)
 
 __all__ = ["build_plan", "ChainPlan", "NodePlan", "LinkPlan", "NODE_ATTRIBUTES"]
 
@@ -340,45 +348,6 @@ def _hosts_text(names: list[str], resolved: Mapping[str, IPv4Address | None]) ->
     return "\n".join(lines) + "\n"
 
 
-def _hop(ctx: KindContext, text: str, what: str) -> IPv4Address:
-    """An address, or a neighbour's address on the segment shared with this node."""
-    try:
-        return IPv4Address(text)
-    except ValueError:
-        pass
-    if ctx.is_node(text):
-        port = ctx.port_toward(text)
-        shared = ctx.addressing.address_on(text, port.segment) if port is not None else None
-        if shared is None:
-            raise ctx.error(f"{what}: {text!r} shares no subnet with this node")
-        return shared
-    raise ctx.error(
-        f"{what}: {text!r} is neither an IPv4 address nor a node{suggest(text, list(ctx.kinds))}"
-    )
-
-
-def _explicit_routes(ctx: KindContext, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ctx.error(f"routes must be a list of 'ip route' argument strings, got {value!r}")
-    out = []
-    for route in value:
-        words = str(route).split()
-        if not words:
-            raise ctx.error("routes: empty route")
-        if words[0] != "default":
-            try:
-                IPv4Network(words[0])
-            except ValueError:
-                raise ctx.error(
-                    f"routes: {route!r} does not start with a network or 'default'"
-                ) from None
-        for i, word in enumerate(words[:-1]):
-            if word == "via":
-                words[i + 1] = str(_hop(ctx, words[i + 1], f"route {route!r}"))
-        out.append(" ".join(words))
-    return tuple(out)
-
-
 def _node_plan(
     name: str,
     kind: NFKind,
@@ -391,10 +360,10 @@ def _node_plan(
     routes = format_routes(table, order)
     gateway = table.gateway
     if attrs.get("routes") is not None:
-        routes = _explicit_routes(ctx, attrs["routes"])
+        routes = explicit_routes(ctx, attrs["routes"])
     if "gateway" in attrs:
         gw = attrs["gateway"]
-        gateway = None if gw in (None, "", False) else _hop(ctx, str(gw), "gateway")
+        gateway = None if gw in (None, "", False) else hop_address(ctx, str(gw), "gateway")
     env = {k: str(v) for k, v in kind.environment(ctx).items()}
     extra = attrs.get("env") or {}
     if not isinstance(extra, Mapping) or not all(

@@ -21,12 +21,22 @@ import ipaddress
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 
 from .addressing import Addressing
+from .kinds import KindContext, suggest
 
-__all__ = ["L3Graph", "RouteTable", "pin_through", "format_routes"]
+__all__ = [
+    "L3Graph",
+    "RouteTable",
+    "pin_through",
+    "collapse_to_gateway",
+    "format_routes",
+    "hop_address",
+    "explicit_routes",
+]
 
 IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
@@ -159,3 +169,42 @@ def format_routes(table: RouteTable, order: Sequence[IPv4Network]) -> tuple[str,
     rank = {net: i for i, net in enumerate(order)}
     nets = sorted(table.routes, key=lambda n: rank.get(n, len(rank)))
     return tuple(f"{net} via {table.routes[net]}" for net in nets)
+
+
+def hop_address(ctx: KindContext, text: str, what: str) -> IPv4Address:
+    """An address, or a neighbour's address on the segment shared with this node."""
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        pass
+    if ctx.is_node(text):
+        port = ctx.port_toward(text)
+        shared = ctx.addressing.address_on(text, port.segment) if port is not None else None
+        if shared is None:
+            raise ctx.error(f"{what}: {text!r} shares no subnet with this node")
+        return shared
+    raise ctx.error(
+        f"{what}: {text!r} is neither an IPv4 address nor a node{suggest(text, list(ctx.kinds))}"
+    )
+
+
+def explicit_routes(ctx: KindContext, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ctx.error(f"routes must be a list of 'ip route' argument strings, got {value!r}")
+    out = []
+    for route in value:
+        words = str(route).split()
+        if not words:
+            raise ctx.error("routes: empty route")
+        if words[0] != "default":
+            try:
+                IPv4Network(words[0])
+            except ValueError:
+                raise ctx.error(
+                    f"routes: {route!r} does not start with a network or 'default'"
+                ) from None
+        for i, word in enumerate(words[:-1]):
+            if word == "via":
+                words[i + 1] = str(hop_address(ctx, words[i + 1], f"route {route!r}"))
+        out.append(" ".join(words))
+    return tuple(out)
