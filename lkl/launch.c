@@ -3,7 +3,7 @@
  * cannot write the host filesystem.
  *
  *   stdpkt-launch [--rw DIR]... [--drop-to UID:GID] [--no-aslr] [--require-landlock]
- *                 [--parent PID] -- PROGRAM ARG...
+ *                 [--parent PID] [--cleanup DIR] -- PROGRAM ARG...
  *
  * UML's hostfs performs the guest's file operations with the kernel process's
  * own host credentials, so "ro" on the kernel command line protects nothing
@@ -13,15 +13,18 @@
  *     instance's private run directory: guest memory file, uml_dir).
  *   - --drop-to: as host root, also switch to an unprivileged uid/gid
  *     (the fallback when the host kernel has no Landlock).
- *   - --parent PID: SIGTERM the kernel when PID (the thread that started us)
- *     ends, so a killed stdpkt never leaves a guest behind (SIGTERM, not
- *     SIGKILL: UML's helper processes only go away on a clean exit).
+ *   - --parent PID: the launcher stays as the kernel's supervisor (a child
+ *     subreaper) and stops it when PID (the thread that started us) ends, so
+ *     a killed stdpkt never leaves a guest or its helper processes behind;
+ *     --cleanup DIR: then also remove DIR (the run directory).
  *   - --no-aslr: personality(ADDR_NO_RANDOMIZE): linux.uml is PIE and wastes
  *     guest memory (or fails to boot with small mem=) at random addresses.
- * Exit status 126 and a one-line message on stderr when confinement fails.
+ * Exit status: the kernel's; 126 and a one-line message on stderr when
+ * confinement fails.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/landlock.h>
@@ -32,6 +35,8 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_RW 16
@@ -94,8 +99,89 @@ static int apply_landlock(char **rw, int nrw) {
     return abi;
 }
 
+/* Run the kernel in a child and stay as its supervisor until it and every
+ * helper process it forked are gone.  The supervisor is a child subreaper, so
+ * UML's helpers are re-parented to it if the kernel dies first; when the
+ * parent (stdpkt) dies, or SIGTERM/SIGINT arrives, it asks the kernel to stop
+ * (SIGTERM), waits up to 3 s, then SIGKILLs every process left below it. */
+static pid_t kernel_pid = -1;
+
+static void kill_descendants(int sig) {
+    /* our descendants all share our process group (the session stdpkt made):
+       signal every member but ourselves */
+    pid_t self = getpid(), group = getpgrp();
+    DIR *proc = opendir("/proc");
+    struct dirent *de;
+    if (!proc) return;
+    while ((de = readdir(proc)) != NULL) {
+        pid_t pid = (pid_t)atol(de->d_name);
+        if (pid <= 0 || pid == self) continue;
+        if (getpgid(pid) == group) kill(pid, sig);
+    }
+    closedir(proc);
+}
+
+static int reap_all(int *kernel_status) {
+    int status, n = 0;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == kernel_pid) { *kernel_status = status; kernel_pid = -1; }
+        n++;
+    }
+    return pid < 0 && errno == ECHILD ? -1 : n;
+}
+
+static int supervise(const char *cleanup, pid_t parent) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    int kernel_status = 0, stopping = 0;
+    struct timespec tick = {0, 100 * 1000 * 1000};
+    int ticks_left = -1;
+    for (;;) {
+        siginfo_t info;
+        int sig = sigtimedwait(&set, &info, &tick);
+        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+            if (!stopping && kernel_pid > 0) kill(kernel_pid, SIGTERM);
+            if (!stopping) ticks_left = 30;
+            stopping = 1;
+        }
+        if (reap_all(&kernel_status) < 0) break; /* no children left at all */
+        if (kernel_pid < 0 && !stopping) {        /* kernel ended by itself */
+            kill_descendants(SIGTERM);
+            stopping = 1;
+            ticks_left = 30;
+        }
+        if (stopping && ticks_left >= 0 && sig < 0 && --ticks_left == 0)
+            kill_descendants(SIGKILL);
+    }
+    if (cleanup && getppid() != parent) {
+        /* stdpkt is gone and cannot remove the run directory: do it, and its
+           lab directory too once that is empty */
+        char *argv[] = {"rm", "-rf", "--", (char *)cleanup, NULL};
+        pid_t pid = fork();
+        if (pid == 0) { execvp("rm", argv); _exit(127); }
+        if (pid > 0) waitpid(pid, NULL, 0);
+        char up[4096];
+        snprintf(up, sizeof up, "%s", cleanup);
+        char *slash = strrchr(up, '/');
+        if (slash) {
+            *slash = 0;
+            const char *base = strrchr(up, '/');
+            if (base && !strncmp(base + 1, "stdpkt-lab-", 11)) rmdir(up);
+        }
+    }
+    if (WIFEXITED(kernel_status)) return WEXITSTATUS(kernel_status);
+    if (WIFSIGNALED(kernel_status)) return 128 + WTERMSIG(kernel_status);
+    return 1;
+}
+
 int main(int argc, char **argv) {
     char *rw[MAX_RW];
+    const char *cleanup = NULL;
     int nrw = 0, no_aslr = 0, require_ll = 0, i;
     long uid = -1, gid = -1, parent = -1;
     for (i = 1; i < argc; i++) {
@@ -104,27 +190,49 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--drop-to") && i + 1 < argc) {
             if (sscanf(argv[++i], "%ld:%ld", &uid, &gid) != 2) { fprintf(stderr, "stdpkt-launch: bad --drop-to %s\n", argv[i]); return 2; }
         } else if (!strcmp(argv[i], "--parent") && i + 1 < argc) parent = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--cleanup") && i + 1 < argc) cleanup = argv[++i];
         else if (!strcmp(argv[i], "--no-aslr")) no_aslr = 1;
         else if (!strcmp(argv[i], "--require-landlock")) require_ll = 1;
         else { fprintf(stderr, "stdpkt-launch: unknown option %s\n", argv[i]); return 2; }
     }
     if (i >= argc) { fprintf(stderr, "stdpkt-launch: no program given\n"); return 2; }
-    if (no_aslr && personality(ADDR_NO_RANDOMIZE) < 0) die("personality");
-    if (gid >= 0) {
-        if (setgroups(0, NULL) < 0) die("setgroups");
-        if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0) die("setresgid");
+    if (nrw > 0 && require_ll && landlock_abi() < 1) {
+        fprintf(stderr, "stdpkt-launch: Landlock is not available on this host kernel\n");
+        return 126;
     }
-    if (uid >= 0 && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0) die("setresuid");
-    /* after the uid change: a credential change clears the parent-death signal */
+    /* A killed stdpkt closes the console pipe: a kernel that then dies of
+       SIGPIPE mid-write skips its clean-up. */
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_BLOCK, &set, &old);
     if (parent > 0) {
         if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0) die("PR_SET_PDEATHSIG");
         if (getppid() != (pid_t)parent) { fprintf(stderr, "stdpkt-launch: parent %ld already gone\n", parent); return 126; }
     }
-    if (apply_landlock(rw, nrw) < 0 && require_ll) {
-        fprintf(stderr, "stdpkt-launch: Landlock is not available on this host kernel\n");
-        return 126;
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) die("PR_SET_CHILD_SUBREAPER");
+    kernel_pid = fork();
+    if (kernel_pid < 0) die("fork");
+    if (kernel_pid == 0) {
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
+        if (no_aslr && personality(ADDR_NO_RANDOMIZE) < 0) die("personality");
+        if (gid >= 0) {
+            if (setgroups(0, NULL) < 0) die("setgroups");
+            if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0) die("setresgid");
+        }
+        if (uid >= 0 && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0) die("setresuid");
+        /* Landlock only when asked for (--rw names where writes stay allowed) */
+        if (nrw > 0 && apply_landlock(rw, nrw) < 0 && require_ll) {
+            fprintf(stderr, "stdpkt-launch: Landlock is not available on this host kernel\n");
+            _exit(126);
+        }
+        execvp(argv[i], &argv[i]);
+        die(argv[i]);
     }
-    execvp(argv[i], &argv[i]);
-    die(argv[i]);
-    return 126;
+    return supervise(cleanup, (pid_t)parent);
 }

@@ -125,8 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             if tail:
                 _say(tail)
             status = 1
+        ended_normally = args.oneshot and instance.exited
         for why in reasons[:1]:
-            if args.verbose or args.oneshot:
+            if args.verbose or not ended_normally:
                 _say(f"stdpkt: {config.spec.name}: stopping: {why}")
     finally:
         for port in ports:

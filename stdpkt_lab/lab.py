@@ -60,7 +60,7 @@ class Lab:
         trace_slots: int = 1024,
         trace_snap: int = 256,
     ) -> None:
-        self.plan: ChainPlan = build_plan(graph, registry=registry) if registry else build_plan(graph)
+        self.plan: ChainPlan = build_plan(graph, registry=registry)
         self.boot_timeout = boot_timeout
         self.progress = progress
         self._trace = (trace_slots, trace_snap)

@@ -13,8 +13,24 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: Every run directory of this test session lives here (STDPKT_RUNDIR, inherited by
+#: the `stdpkt` processes tests start), so "ours" is exact even on a shared machine.
+SESSION_RUNDIR = Path(f"/dev/shm/stdpkt-tests-{os.getpid()}")
+SESSION_RUNDIR.mkdir(mode=0o755, exist_ok=True)
+os.environ["STDPKT_RUNDIR"] = str(SESSION_RUNDIR)
+
+
+def _ours(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(e.startswith(b"TMPDIR=" + str(SESSION_RUNDIR).encode()) for e in env)
+
+
 def uml_pids() -> set[int]:
-    """Pids of running User-Mode Linux kernel processes (any owner)."""
+    """Pids of running User-Mode Linux kernel processes started by this test session."""
     pids = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -27,19 +43,28 @@ def uml_pids() -> set[int]:
                     exe = f.read().split(b"\0", 1)[0].decode(errors="replace")
             except OSError:
                 continue
-        if exe.endswith("/linux.uml") or exe.endswith("linux.uml (deleted)"):
+        if (exe.endswith("/linux.uml") or exe.endswith("linux.uml (deleted)")) and _ours(entry):
             pids.add(int(entry))
     return pids
 
 
 def run_dirs() -> set[str]:
-    found = set()
-    for base in ("/dev/shm", "/tmp"):
-        try:
-            found |= {os.path.join(base, n) for n in os.listdir(base) if n.startswith("stdpkt-")}
-        except OSError:
-            pass
-    return found
+    return {str(p) for p in SESSION_RUNDIR.iterdir()}
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            umid = [a for a in f.read().split(b"\0") if a.startswith(b"umid=")]
+        return f"pid {pid} state {fields[0]} ppid {fields[1]} pgid {fields[2]} {umid}"
+    except OSError:
+        return f"pid {pid} (gone)"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SESSION_RUNDIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +77,12 @@ def no_leaked_kernels(request: pytest.FixtureRequest):
     yield
     deadline = time.monotonic() + 10
     leaked = uml_pids() - before
-    while leaked and time.monotonic() < deadline:
+    leaked_dirs = run_dirs() - dirs_before
+    while (leaked or leaked_dirs) and time.monotonic() < deadline:
         time.sleep(0.2)
         leaked = uml_pids() - before
-    leaked_dirs = run_dirs() - dirs_before
+        leaked_dirs = run_dirs() - dirs_before
+    described = [_describe(pid) for pid in sorted(leaked)]
     for pid in leaked:  # clean up what this test started, by pid, then fail it
         try:
             os.kill(pid, signal.SIGKILL)
@@ -63,7 +90,7 @@ def no_leaked_kernels(request: pytest.FixtureRequest):
             pass
     for d in leaked_dirs:
         shutil.rmtree(d, ignore_errors=True)
-    assert not leaked, f"test left UML kernel processes running: {sorted(leaked)}"
+    assert not leaked, "test left UML kernel processes running:\n" + "\n".join(described)
     assert not leaked_dirs, f"test left run directories: {sorted(leaked_dirs)}"
 
 

@@ -4,7 +4,12 @@
 # that the firewall should keep unreachable.
 mkdir -p /tmp/www/cgi-bin
 echo "hello from $(hostname)" > /tmp/www/index.html
-printf '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n%%s\\n" "$REMOTE_ADDR"\n' > /tmp/www/cgi-bin/whoami
+cat > /tmp/www/cgi-bin/whoami <<'CGI'
+#!/bin/sh
+# busybox httpd gives IPv4 peers as [::ffff:a.b.c.d]
+addr=${REMOTE_ADDR#\[}; addr=${addr%\]}; addr=${addr#::ffff:}
+printf 'Content-Type: text/plain\r\n\r\n%s\n' "$addr"
+CGI
 chmod +x /tmp/www/cgi-bin/whoami
 busybox httpd -p 80 -h /tmp/www
 iperf3 -s -D

@@ -54,7 +54,8 @@ class Confinement:
     gid: int = -1
 
     def launcher_argv(self, run_dir: Path, *, parent_pid: int) -> list[str]:
-        argv = [helper("stdpkt-launch"), "--no-aslr", "--parent", str(parent_pid)]
+        argv = [helper("stdpkt-launch"), "--no-aslr", "--parent", str(parent_pid),
+                "--cleanup", str(run_dir)]
         if self.mode == "landlock":
             argv += ["--require-landlock", "--rw", str(run_dir)]
         elif self.mode == "uid":

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BootError, InstanceDied, StateError
+from ..errors import BootError, EnvironmentProblem, InstanceDied, StateError
 from . import bootprofile
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
@@ -329,9 +329,11 @@ class Instance:
         # The script is copied: the guest's own tmpfs hides the host's /tmp, and the
         # kernel's user may not be able to read the original.
         script = _copy_into(str(spec.script.resolve()), run_dir) if spec.script else ""
-        if confinement.needs_private_copies:  # the kernel's user may not read our paths
-            shutil.copy2(init, run_dir / "guest-init.sh")
-            init = str(run_dir / "guest-init.sh")  # exec'd by the kernel: a host path
+        if confinement.needs_private_copies and not _world_readable(init):
+            raise EnvironmentProblem(
+                f"{init} is not readable by the unprivileged kernel user: install stdpkt-lab "
+                "under a world-readable path, or use a host kernel with Landlock"
+            )
             agent = _copy_into(agent, run_dir) if agent else ""
         values: dict[str, str] = {
             "STDPKT_NAME": spec.name,
@@ -427,6 +429,15 @@ def _copy_into(path: str, run_dir: Path) -> str:
     name = "guest-" + os.path.basename(path)
     shutil.copy2(path, run_dir / name)
     return f"{GUEST_RUN_DIR}/{name}"
+
+
+def _world_readable(path: str) -> bool:
+    """True if any user can reach and read ``path`` (the kernel execs init by its host path,
+    before the run directory is mounted, so an unprivileged kernel must be able to read it)."""
+    p = Path(path)
+    if not p.stat().st_mode & 0o004:
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in p.parents)
 
 
 def _close_quietly(fd: int) -> None:
