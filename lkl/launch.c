@@ -140,23 +140,21 @@ static int supervise(const char *cleanup, pid_t parent) {
     sigaddset(&set, SIGHUP);
     int kernel_status = 0, stopping = 0;
     struct timespec tick = {0, 100 * 1000 * 1000};
-    int ticks_left = -1;
+    int ticks_left = 30;
     for (;;) {
         siginfo_t info;
         int sig = sigtimedwait(&set, &info, &tick);
         if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
             if (!stopping && kernel_pid > 0) kill(kernel_pid, SIGTERM);
-            if (!stopping) ticks_left = 30;
             stopping = 1;
         }
         if (reap_all(&kernel_status) < 0) break; /* no children left at all */
-        if (kernel_pid < 0 && !stopping) {        /* kernel ended by itself */
-            kill_descendants(SIGTERM);
-            stopping = 1;
-            ticks_left = 30;
-        }
-        if (stopping && ticks_left >= 0 && sig < 0 && --ticks_left == 0)
+        if (kernel_pid < 0) {
+            /* the kernel is gone: its helpers (some stopped under ptrace) have no purpose */
             kill_descendants(SIGKILL);
+        } else if (stopping && sig < 0 && --ticks_left == 0) {
+            kill(kernel_pid, SIGKILL);
+        }
     }
     if (cleanup && getppid() != parent) {
         /* stdpkt is gone and cannot remove the run directory: do it, and its

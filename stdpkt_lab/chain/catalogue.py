@@ -27,7 +27,12 @@ __all__ = [
 ]
 
 _SERVICE = re.compile(r"^(http|iperf3)(?::(\d{1,5}))?$")
-_WHOAMI = '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n%s\\n" "$REMOTE_ADDR"\n'
+# busybox httpd gives IPv4 peers as [::ffff:a.b.c.d]: print the plain address
+_WHOAMI = (
+    "#!/bin/sh\n"
+    "addr=${REMOTE_ADDR#\\[}; addr=${addr%\\]}; addr=${addr#::ffff:}\n"
+    'printf "Content-Type: text/plain\\r\\n\\r\\n%s\\n" "$addr"\n'
+)
 
 
 def _services(value: Any) -> list[str]:
