@@ -48,8 +48,10 @@ chmod 755 /run/stdpkt/bin/modprobe
 echo /run/stdpkt/bin/modprobe > /proc/sys/kernel/modprobe
 
 # Debian's UML kernel has no nf_tables for IPv4: `iptables` means the legacy backend here.
-for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+for t in iptables ip6tables; do
     ln -s "/usr/sbin/$t-legacy" "/run/stdpkt/bin/$t"
+    ln -s "/usr/sbin/$t-legacy-save" "/run/stdpkt/bin/$t-save"
+    ln -s "/usr/sbin/$t-legacy-restore" "/run/stdpkt/bin/$t-restore"
 done
 PATH=/run/stdpkt/bin:$PATH
 

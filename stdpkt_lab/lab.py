@@ -29,12 +29,16 @@ from .errors import BootError, StateError
 from .engine.instance import Instance
 from .engine.links import Link
 from .engine.paths import make_run_root
+from .observe import Journey, Sampler, Subscription, follow_packet, records, to_packets, write_pcap
 
 if TYPE_CHECKING:
     import networkx as nx
 
     from .chain import KindRegistry
     from .engine.agent import ExecResult
+    from .relay import Pump, TracedFrame
+
+LinkRef = tuple[str, str]
 
 __all__ = ["Lab", "LabState"]
 
@@ -59,11 +63,14 @@ class Lab:
         progress: bool = True,
         trace_slots: int = 1024,
         trace_snap: int = 256,
+        sample_hz: float | None = 5.0,
     ) -> None:
         self.plan: ChainPlan = build_plan(graph, registry=registry)
         self.boot_timeout = boot_timeout
         self.progress = progress
         self._trace = (trace_slots, trace_snap)
+        self.sampler: Sampler = Sampler(self, rate_hz=sample_hz or 1.0)
+        self._sample_hz = sample_hz
         self._state = LabState.CREATED
         self._instances: dict[str, Instance] = {}
         self._links: list[Link] = []
@@ -130,6 +137,9 @@ class Lab:
                 self._links.append(link)
                 link.start()
             self._wait_booted()  # stage 3: every guest configured and answering
+            self._state = LabState.RUNNING
+            if self._sample_hz:
+                self.sampler.start()  # stage 4: counters
         except BaseException:
             self._state = LabState.FAILED
             self._teardown()
@@ -165,6 +175,7 @@ class Lab:
         self._teardown()
 
     def _teardown(self) -> None:
+        self.sampler.stop()
         for link in self._links:
             link.stop()
         if self._instances:
@@ -196,8 +207,122 @@ class Lab:
         if self._state is not LabState.RUNNING:
             raise StateError(f"lab is {self._state.value}, not running")
 
+    # ------------------------------------------------------------ observation
+    def counters(self) -> Any:
+        """One row per link direction: frames, bytes, drops, malformed, injected, pps, bps.
+
+        A pandas DataFrame when pandas is installed, else a list of dicts.  Rates
+        are over the sampler's last interval (or since the previous call).
+        """
+        latest = self.sampler.latest if self.sampler.running else None
+        if latest is None or time.time() - latest.time > 2.0 / (self._sample_hz or 1.0):
+            return records(self.sampler.link_samples(time.time()))
+        return records(list(latest.links))
+
+    def subscribe(self, callback: Any) -> Subscription:
+        """``callback(sample)`` after every sampling round (from the sampler thread)."""
+        return self.sampler.subscribe(callback)
+
+    def nf_counters(self, node: str) -> dict[str, Any]:
+        """Inside ``node``: interface counters, conntrack entries, netfilter rule hits
+        (``iptables-save -c``: one exec, so call it on demand, not in a loop) and, for a
+        load balancer, IPVS per-backend connections."""
+        from .observe.samples import parse_ip_vs, parse_proc_net_dev
+
+        self._require_running()
+        instance = self[node]
+        files = instance.agent.read_files(
+            ["/proc/net/dev", "/proc/sys/net/netfilter/nf_conntrack_count", "/proc/net/ip_vs"])
+        dev, count, ipvs = (files.get(k) for k in (
+            "/proc/net/dev", "/proc/sys/net/netfilter/nf_conntrack_count", "/proc/net/ip_vs"))
+        saved = instance.exec(["iptables-save", "-c"], timeout=30)
+        return {
+            "interfaces": parse_proc_net_dev(dev.decode()) if dev else {},
+            "conntrack_entries": int(count) if count and count.strip().isdigit() else None,
+            "rules": _parse_iptables_save(saved.stdout),
+            "ipvs": parse_ip_vs(ipvs.decode()) if ipvs else [],
+        }
+
+    def _pumps(self, link: LinkRef, direction: str = "both") -> list[Pump]:
+        a, b = link
+        found = self.link(a, b)
+        if direction == "both":
+            return [found.pump(a, b), found.pump(b, a)]
+        if direction == "forward":
+            return [found.pump(a, b)]
+        if direction == "backward":
+            return [found.pump(b, a)]
+        raise ValueError(f"direction {direction!r}: expected 'both', 'forward' or 'backward'")
+
+    def _frames(self, link: LinkRef, direction: str, count: int | None
+                ) -> list[tuple[LinkRef, TracedFrame]]:
+        pairs = []
+        for pump in self._pumps(link, direction):
+            src, dst = pump.name.split("->")
+            pairs += [((src, dst), f) for f in pump.trace(count)]
+        pairs.sort(key=lambda lf: lf[1].ts_ns)
+        return pairs[-count:] if count else pairs
+
+    def trace(self, link: LinkRef, count: int | None = 50, *, direction: str = "both") -> Any:
+        """Recent frames on ``link`` = (a, b) as a scapy PacketList (``direction``:
+        'both', 'forward' = a→b, 'backward' = b→a); each packet has ``.link`` and ``.time``."""
+        return to_packets(self._frames(link, direction, count))
+
+    def set_trace_filter(self, link: LinkRef, expr: str | None, *, direction: str = "both") -> None:
+        """Keep only frames matching a pcap filter (``"tcp port 80"``) in ``link``'s trace."""
+        for pump in self._pumps(link, direction):
+            pump.set_filter(expr)
+
+    def set_tracing(self, link: LinkRef, on: bool, *, direction: str = "both") -> None:
+        for pump in self._pumps(link, direction):
+            pump.trace_enabled = on
+
+    def save_pcap(self, link: LinkRef, path: str | Path, *, direction: str = "both") -> int:
+        """Write ``link``'s trace to a standard pcap file (Wireshark opens it); returns the count."""
+        return write_pcap([f for _, f in self._frames(link, direction, None)], path)
+
+    def inject(self, link: LinkRef, packet: Any, *, count: int = 1) -> None:
+        """Send ``packet`` (scapy or bytes) on ``link`` = (a, b) toward b, as if a had sent it."""
+        self._require_running()
+        a, b = link
+        pump = self.link(a, b).pump(a, b)
+        data = bytes(packet)
+        for _ in range(count):
+            pump.inject(data)
+
+    def follow(self, packet: Any, *, window: float = 2.0) -> Journey:
+        """The same packet on every link it crossed (matched through NAT by IP ID, TCP
+        sequence numbers and payload), with the header fields each hop changed."""
+        everything = []
+        for link in self._links:
+            everything += self._frames((link.a.name, link.b.name), "both", None)
+        return follow_packet(packet, to_packets(everything), window=window)
+
     def __repr__(self) -> str:
         return f"<Lab {len(self)} nodes {self._state.value}>"
+
+
+def _parse_iptables_save(text: str) -> list[dict[str, Any]]:
+    """``iptables-save -c`` → one row per rule and per chain policy, with its counters."""
+    rows: list[dict[str, Any]] = []
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            name, policy, counts = (line[1:].split() + ["", ""])[:3]
+            pk, _, by = counts.strip("[]").partition(":")
+            if pk.isdigit():
+                rows.append({"table": table, "chain": name, "rule": f"policy {policy}",
+                             "packets": int(pk), "bytes": int(by)})
+        elif line.startswith("["):
+            counts, _, rule = line.partition("] ")
+            pk, _, by = counts.strip("[").partition(":")
+            parts = rule.split(None, 2)
+            rows.append({"table": table, "chain": parts[1] if len(parts) > 1 else "",
+                         "rule": parts[2] if len(parts) > 2 else "",
+                         "packets": int(pk), "bytes": int(by)})
+    return rows
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

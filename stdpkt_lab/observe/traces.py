@@ -1,0 +1,149 @@
+"""Packet traces from the relays' rings: raw bytes kept, dissected (scapy) only when asked.
+
+Each packet returned carries where it was seen: ``pkt.link`` = (src, dst) and
+``pkt.time`` (seconds, from the relay's timestamp); ``pkt.wirelen`` its length
+on the wire (the ring keeps at most ``trace_snap`` bytes of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..relay import TracedFrame
+from ..relay import pcap as pcapfmt
+
+__all__ = ["to_packets", "write_pcap", "Hop", "Journey", "packet_key", "follow_packet"]
+
+
+def to_packets(frames: Iterable[tuple[tuple[str, str], TracedFrame]]) -> Any:
+    """(link, frame) pairs → a scapy PacketList sorted by time."""
+    from scapy.layers.l2 import Ether
+    from scapy.plist import PacketList
+
+    pkts = []
+    for link, frame in sorted(frames, key=lambda lf: lf[1].ts_ns):
+        pkt = Ether(frame.data)
+        pkt.time = frame.ts_ns / 1e9
+        pkt.wirelen = frame.orig_len
+        pkt.link = link
+        pkt.injected = frame.injected
+        pkts.append(pkt)
+    return PacketList(pkts, name="stdpkt trace")
+
+
+def write_pcap(frames: Sequence[TracedFrame], path: str | Path) -> int:
+    """Write frames (already in time order) as a standard pcap file; returns the count."""
+    with open(path, "wb") as out:
+        out.write(pcapfmt.global_header(nanosecond=True))
+        for frame in frames:
+            out.write(pcapfmt.record_header(len(frame.data), ts_ns=frame.ts_ns,
+                                            orig_len=frame.orig_len, nanosecond=True))
+            out.write(frame.data)
+    return len(frames)
+
+
+def packet_key(pkt: Any) -> tuple | None:
+    """What stays the same when a NAT, firewall or IPVS forwards a packet.
+
+    Addresses, ports, TTL and checksums change; the IP ID, the L4 protocol,
+    TCP sequence/acknowledgement numbers, ICMP sequence and the payload do
+    not (Linux NAT and IPVS rewrite neither).  None for non-IPv4 frames.
+    """
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+
+    if IP not in pkt:
+        return None
+    ip = pkt[IP]
+    l4: tuple = (ip.proto,)
+    if TCP in pkt:
+        l4 += (pkt[TCP].seq, pkt[TCP].ack, int(pkt[TCP].flags))
+        payload = bytes(pkt[TCP].payload)
+    elif UDP in pkt:
+        payload = bytes(pkt[UDP].payload)
+    elif ICMP in pkt:
+        l4 += (pkt[ICMP].type, pkt[ICMP].seq)
+        payload = bytes(pkt[ICMP].payload)
+    else:
+        payload = bytes(ip.payload)
+    return (ip.id, *l4, ip.len, hashlib.blake2s(payload, digest_size=8).digest())
+
+
+_FIELDS = (("IP", "src"), ("IP", "dst"), ("IP", "ttl"), ("TCP", "sport"), ("TCP", "dport"),
+           ("UDP", "sport"), ("UDP", "dport"), ("ICMP", "id"), ("Ether", "src"), ("Ether", "dst"))
+
+
+def _fields(pkt: Any) -> dict[str, Any]:
+    out = {}
+    for layer, name in _FIELDS:
+        if pkt.haslayer(layer):
+            out[f"{layer}.{name}"] = getattr(pkt.getlayer(layer), name)
+    return out
+
+
+@dataclass(frozen=True)
+class Hop:
+    """The packet as seen on one link direction."""
+
+    link: tuple[str, str]
+    time: float
+    packet: Any
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # field: (before, after)
+
+    def __str__(self) -> str:
+        what = ", ".join(f"{k} {a}→{b}" for k, a, b in ((k, *v) for k, v in self.changed.items()))
+        return f"{self.link[0]}→{self.link[1]} t={self.time:.6f} {self.packet.summary()}" + (
+            f"  [{what}]" if what else "")
+
+
+@dataclass(frozen=True)
+class Journey:
+    """One packet's hops across the chain, in time order."""
+
+    hops: tuple[Hop, ...]
+
+    def __len__(self) -> int:
+        return len(self.hops)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.hops)
+
+    def __getitem__(self, i: int) -> Hop:
+        return self.hops[i]
+
+    @property
+    def links(self) -> list[tuple[str, str]]:
+        return [h.link for h in self.hops]
+
+    def __str__(self) -> str:
+        return "\n".join(str(h) for h in self.hops)
+
+
+def follow_packet(pkt: Any, candidates: Iterable[Any], *, window: float = 2.0) -> Journey:
+    """Every sighting of ``pkt`` among ``candidates`` (packets with ``.link``/``.time``)
+    within ``window`` seconds, with the header fields each hop changed."""
+    key = packet_key(pkt)
+    if key is None:
+        raise ValueError("follow() needs an IPv4 packet")
+    t0 = float(pkt.time)
+    seen: dict[tuple[str, str], Any] = {}
+    for cand in candidates:
+        if abs(float(cand.time) - t0) > window or packet_key(cand) != key:
+            continue
+        link = tuple(cand.link)
+        if link not in seen or abs(float(cand.time) - t0) < abs(float(seen[link].time) - t0):
+            seen[link] = cand
+    ordered = sorted(seen.values(), key=lambda p: float(p.time))
+    hops = []
+    before: dict[str, Any] | None = None
+    for cand in ordered:
+        now = _fields(cand)
+        changed = {} if before is None else {
+            k: (before.get(k), v) for k, v in now.items()
+            if k in before and before[k] != v and not k.startswith(("Ether.", "IP.ttl"))}
+        hops.append(Hop(tuple(cand.link), float(cand.time), cand, changed))  # type: ignore[arg-type]
+        before = now
+    return Journey(tuple(hops))
