@@ -281,13 +281,21 @@ class Lab:
         """Write ``link``'s trace to a standard pcap file (Wireshark opens it); returns the count."""
         return write_pcap([f for _, f in self._frames(link, direction, None)], path)
 
-    def inject(self, link: LinkRef, packet: Any, *, count: int = 1) -> None:
-        """Send ``packet`` (scapy or bytes) on ``link`` = (a, b) toward b, as if a had sent it."""
+    def inject(self, link: LinkRef, packet: Any, *, count: int = 1, interval: float = 0.0) -> None:
+        """Send ``packet`` (scapy or bytes) on ``link`` = (a, b) toward b, as if a had sent it.
+
+        ``count`` copies, ``interval`` seconds apart.  Every injected frame reaches b's
+        socket (the relay counts them exactly, as ``injected``), but a back-to-back burst
+        into a guest that was idle can lose a few frames inside the guest's receive
+        path; a small interval (a few ms) avoids that.
+        """
         self._require_running()
         a, b = link
         pump = self.link(a, b).pump(a, b)
         data = bytes(packet)
-        for _ in range(count):
+        for i in range(count):
+            if i and interval:
+                time.sleep(interval)
             pump.inject(data)
 
     def follow(self, packet: Any, *, window: float = 2.0) -> Journey:
