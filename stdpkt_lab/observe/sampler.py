@@ -48,10 +48,16 @@ class Subscription:
 
 
 class Sampler:
-    """Samples ``lab`` at ``rate_hz`` (default 5) in a daemon thread; keeps ``history`` samples."""
+    """Samples ``lab`` at ``rate_hz`` (default 5) in a daemon thread; keeps ``history`` samples.
+
+    Link counters are read every round (memory reads in the relays).  Instance
+    counters cost the guests CPU (their agents answer), so they are read every
+    ``node_every``-th round (default 5: once a second at 5 Hz); the rounds in
+    between repeat the last instance sample.
+    """
 
     def __init__(self, lab: Lab, *, rate_hz: float = 5.0, history: int = 600,
-                 nodes: bool = True) -> None:
+                 nodes: bool = True, node_every: int = 5) -> None:
         if rate_hz <= 0:
             raise ValueError("rate_hz must be positive")
         self.lab = lab
@@ -63,6 +69,9 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._previous: dict[tuple[str, str], LinkSample] = {}
+        self.node_every = max(1, node_every)
+        self._round = 0
+        self._last_nodes: dict[str, NodeSample] = {}
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Sampler:
@@ -115,7 +124,12 @@ class Sampler:
     def sample_once(self) -> Sample:
         now = time.time()
         links = tuple(self.link_samples(now))
-        nodes = self.node_samples(now) if self.sample_nodes else {}
+        nodes: dict[str, NodeSample] = {}
+        if self.sample_nodes:
+            if self._round % self.node_every == 0 or not self._last_nodes:
+                self._last_nodes = self.node_samples(now)
+            nodes = self._last_nodes
+        self._round += 1
         sample = Sample(now, links, nodes)
         self.history.append(sample)
         with self._lock:
