@@ -90,7 +90,7 @@ static int apply_landlock(char **rw, int nrw) {
     for (int i = 0; i < nrw; i++)
         if (allow_beneath(rs, rw[i], handled) < 0) die(rw[i]);
     /* character devices the kernel process opens for writing (never regular files) */
-    static const char *devs[] = {"/dev/null", "/dev/zero", "/dev/tty", "/dev/urandom", "/dev/random", "/dev/ptmx", "/dev/pts"};
+    static const char *devs[] = {"/dev/null", "/dev/zero", "/dev/tty", "/dev/urandom", "/dev/random", "/dev/ptmx", "/dev/pts", "/dev/net/tun"};
     for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++)
         allow_beneath(rs, devs[i], LANDLOCK_ACCESS_FS_WRITE_FILE | (abi >= 3 ? LANDLOCK_ACCESS_FS_TRUNCATE : 0));
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("PR_SET_NO_NEW_PRIVS");

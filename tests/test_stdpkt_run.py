@@ -275,3 +275,71 @@ exit 7
     assert "eth0 10.9.8.7/16" in result.stderr
     assert "\n9000\n" in result.stderr
     assert result.stdout == ""  # stdout is the packet channel only
+
+
+@pytest.mark.uml
+@pytest.mark.root
+def test_paper_example_with_taps_at_both_ends(stdpkt_bin: str, tmp_path: Path) -> None:
+    """The paper's own example: tap0 | NAT | firewall | tap1, the ends being hosts in
+    network namespaces this test creates (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("tap devices and network namespaces need root")
+    ns = [f"stdpkt-t{os.getpid()}-{i}" for i in (0, 1)]
+    ip = ["ip"]
+    for n in ns:
+        subprocess.run([*ip, "netns", "add", n], check=True)
+    server = None
+    try:
+        stages = [
+            Stage("nat", ["ip", "netns", "exec", ns[0], stdpkt_bin, "run", "--name", "nat",
+                          str(PAPER / "nat-config.sh")],
+                  {"IF0": "tap:tap0", "IP0": "10.0.0.1", "NETMASK0": "24",
+                   "IF1": "p2|/dev/stdout", "IP1": "192.168.0.1", "NETMASK1": "24"}),
+            Stage("firewall", ["ip", "netns", "exec", ns[1], stdpkt_bin, "run", "--name", "fw",
+                               str(PAPER / "firewall-config.sh")],
+                  {"IF0": "/dev/stdin|p2", "IP0": "192.168.0.2", "NETMASK0": "24",
+                   "IF1": "tap:tap1", "IP1": "192.168.1.1", "NETMASK1": "24"}),
+        ]
+        with Pipeline(stages, tmp_path) as pipe:
+            # the kernels create the taps in their namespaces; the test's hosts sit behind them
+            for n, tap, addr, gw in ((ns[0], "tap0", "10.0.0.2/24", "10.0.0.1"),
+                                     (ns[1], "tap1", "192.168.1.2/24", "192.168.1.1")):
+                deadline = time.monotonic() + 60
+                while subprocess.run([*ip, "-n", n, "link", "show", tap],
+                                     capture_output=True).returncode != 0:
+                    assert time.monotonic() < deadline, pipe.all_stderr()
+                    time.sleep(0.2)
+                subprocess.run([*ip, "-n", n, "addr", "add", addr, "dev", tap], check=True)
+                subprocess.run([*ip, "-n", n, "link", "set", tap, "up"], check=True)
+                subprocess.run([*ip, "-n", n, "link", "set", "lo", "up"], check=True)
+                subprocess.run([*ip, "-n", n, "route", "add", "default", "via", gw], check=True)
+            www = tmp_path / "www"
+            www.mkdir()
+            (www / "index.html").write_text("hello through taps\n")
+            server = subprocess.Popen(["ip", "netns", "exec", ns[1], "busybox", "httpd", "-f",
+                                       "-p", "192.168.1.2:80", "-h", str(www)])
+            deadline = time.monotonic() + 60
+            while True:
+                got = subprocess.run(["ip", "netns", "exec", ns[0], "curl", "-s", "-m", "3",
+                                      "http://192.168.1.2/"], capture_output=True, text=True)
+                if got.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert got.stdout == "hello through taps\n", (got.stderr, pipe.all_stderr())
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        for n in ns:
+            subprocess.run([*ip, "netns", "del", n])
+
+
+def test_tap_without_privilege_is_refused(stdpkt_bin: str, tmp_path: Path) -> None:
+    script = write_script(tmp_path / "nf.sh", "true\n")
+    argv = [stdpkt_bin, "run", str(script)]
+    if os.geteuid() == 0:  # drop every capability for this one process
+        argv = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *argv]
+    result = subprocess.run(argv, env={**os.environ, "IF0": "tap:tap9"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "IF0" in result.stderr and "root" in result.stderr

@@ -42,9 +42,25 @@ class RunConfig:
     pipes: tuple[PipeEnds, ...]
 
 
+def has_net_admin() -> bool:
+    """True if this process may create tap devices (CAP_NET_ADMIN in its effective set)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 12))
+    except OSError:
+        pass
+    return False
+
+
 def _parse_if(name: str, value: str) -> tuple[str | None, PipeEnds | None]:
     tap = _TAP.match(value)
     if tap:
+        if not has_net_admin():
+            raise VariableError(
+                name, f"{value!r}: tap devices need root (CAP_NET_ADMIN); use 'RX|TX' pipes instead"
+            )
         return tap.group(1), None
     if value.startswith("tap:"):
         raise VariableError(name, f"bad tap device name in {value!r} (1-15 of A-Z a-z 0-9 _ . -)")
