@@ -15,7 +15,7 @@ Describe a chain as a networkx graph, then run it::
 from __future__ import annotations
 
 from . import errors
-from .chain import (
+from .describe import (
     ChainPlan,
     KindRegistry,
     LinkPlan,

@@ -6,7 +6,7 @@
         lab.exec("client", "wget -qO- http://server/")
         lab["nat"].read_file("/proc/net/nf_conntrack")
 
-The description (``stdpkt_lab.chain``) is planned in the constructor, so a bad
+The description (``stdpkt_lab.describe``) is planned in the constructor, so a bad
 graph fails before any process starts.  :meth:`Lab.start` boots every instance
 concurrently with a progress bar, joins the links with relays, and on any
 failure rolls back exactly what it had started (Click's stage-aware
@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .chain import ChainPlan, build_plan
+from .describe import ChainPlan, build_plan
 from .errors import BootError, StateError
 from .engine.instance import Instance
 from .engine.links import Link
@@ -34,7 +34,7 @@ from .observe import Journey, Sampler, Subscription, follow_packet, records, to_
 if TYPE_CHECKING:
     import networkx as nx
 
-    from .chain import KindRegistry
+    from .describe import KindRegistry
     from .engine.agent import ExecResult
     from .relay import Pump, TracedFrame
 

@@ -1,4 +1,4 @@
-"""The description layer (stdpkt_lab.chain): plans, validation, lab files. Fast: no kernels."""
+"""The description layer (stdpkt_lab.describe): plans, validation, lab files. Fast: no kernels."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-import stdpkt_lab.chain as chainmod
-from stdpkt_lab.chain import (
+import stdpkt_lab.describe as chainmod
+from stdpkt_lab.describe import (
     ChainPlan,
     KindRegistry,
     NFKind,

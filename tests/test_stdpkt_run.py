@@ -137,11 +137,18 @@ def test_tee_in_the_middle_captures_tcp_handshake(stdpkt_bin: str, tmp_path: Pat
     assert "192.168.0.1" in out.stdout and "192.168.1.2.80" in out.stdout, out.stdout[:2000]
     fwd = [p for p in rdpcap(str(tmp_path / "forward.pcap")) if TCP in p and p[TCP].dport == 80]
     rev = [p for p in rdpcap(str(tmp_path / "backward.pcap")) if TCP in p and p[TCP].sport == 80]
-    syn = next(p for p in fwd if p[TCP].flags == "S")
-    synack = next(p for p in rev if p[TCP].flags == "SA" and p[TCP].ack == syn[TCP].seq + 1)
-    ack = next(p for p in fwd if p[TCP].flags == "A" and p[TCP].seq == syn[TCP].seq + 1
-               and p[TCP].ack == synack[TCP].seq + 1)
-    assert syn[TCP].sport == synack[TCP].dport == ack[TCP].sport
+    # the client retries until the server listens: find a SYN that was answered
+    handshakes = []
+    for syn in (p for p in fwd if p[TCP].flags == "S"):
+        synack = next((p for p in rev if p[TCP].flags == "SA"
+                       and p[TCP].ack == syn[TCP].seq + 1 and p[TCP].dport == syn[TCP].sport), None)
+        if synack is None:
+            continue
+        ack = next((p for p in fwd if p[TCP].flags == "A" and p[TCP].seq == syn[TCP].seq + 1
+                    and p[TCP].ack == synack[TCP].seq + 1), None)
+        if ack is not None:
+            handshakes.append((syn, synack, ack))
+    assert handshakes, "no complete SYN / SYN-ACK / ACK in the captures"
 
 
 @pytest.mark.uml

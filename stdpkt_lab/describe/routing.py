@@ -2,7 +2,7 @@
 
 The L3 graph is bipartite: one vertex per addressed node, one per segment
 (bridges are already contracted into their segments by
-:mod:`~stdpkt_lab.chain.addressing`), an edge where a node has an address on
+:mod:`~stdpkt_lab.describe.addressing`), an edge where a node has an address on
 a segment.  Only forwarding nodes (``transit`` kinds) may sit in the middle
 of a path; end systems (``host``) are only its ends.
 

@@ -10,9 +10,9 @@ Graph conventions:
   attributes ``label``/``pos``, which are ignored.
 * Every edge is a link (direction in a DiGraph is ignored; ``a→b`` plus
   ``b→a`` is one link).  Edges may carry ``subnet=``, ``mtu=`` and
-  ``addr={end: "10.0.0.2[/24]"}`` — see :mod:`~stdpkt_lab.chain.addressing`.
+  ``addr={end: "10.0.0.2[/24]"}`` — see :mod:`~stdpkt_lab.describe.addressing`.
 
-Routes are derived by :mod:`~stdpkt_lab.chain.routing`; ``/etc/hosts`` of every
+Routes are derived by :mod:`~stdpkt_lab.describe.routing`; ``/etc/hosts`` of every
 instance maps every node name to :meth:`ChainPlan.address`.
 """
 
