@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import sys
+import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -28,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def goodput(lab: sl.Lab, seconds: int) -> float:
-    for attempt in range(3):
+    for _attempt in range(3):
         r = lab.exec("client", ["iperf3", "-c", "server", "-t", str(seconds), "-J"],
                      timeout=seconds + 30)
         report = json.loads(r.stdout or "{}")

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .describe import ChainPlan, build_plan
-from .errors import BootError, StateError
 from .engine.instance import Instance
 from .engine.links import Link
 from .engine.paths import make_run_root
+from .errors import StateError
 from .observe import Journey, Sampler, Subscription, follow_packet, records, to_packets, write_pcap
 
 if TYPE_CHECKING:

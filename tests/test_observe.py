@@ -132,7 +132,7 @@ def test_sampler_delivers_samples_and_rates_move(lab: sl.Lab) -> None:
     time.sleep(0.5)
     assert len(got) == n  # cancelled
     assert n >= 5
-    peak = max(l.pps for s in got for l in s.links if l.src == "client")
+    peak = max(ls.pps for s in got for ls in s.links if ls.src == "client")
     assert peak > 0
     fw = got[-1].nodes["fw"]
     assert fw.state == "running" and fw.interfaces["eth0"]["rx_packets"] > 0

@@ -49,7 +49,7 @@ class Link:
         sa = self.a.port(self.a_port).fileno()
         sb = self.b.port(self.b_port).fileno()
         slots, snap = self._trace
-        for (src, dst), (fin, fout) in zip(self.directions, ((sa, sb), (sb, sa))):
+        for (src, dst), (fin, fout) in zip(self.directions, ((sa, sb), (sb, sa)), strict=True):
             pump = Pump(Endpoint.socket(fin), Endpoint.socket(fout), name=f"{src}->{dst}",
                         trace_slots=slots, trace_snap=snap)
             pump.on_exit = self._pump_ended

@@ -83,7 +83,7 @@ class PipePort:
 
     def start(self) -> None:
         """Create missing FIFOs now; open and relay each direction in the background."""
-        for path, reading in ((self.ends.rx, True), (self.ends.tx, False)):
+        for path in (self.ends.rx, self.ends.tx):
             if path in ("/dev/stdin", "/dev/stdout"):
                 continue
             try:

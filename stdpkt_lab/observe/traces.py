@@ -8,7 +8,7 @@ on the wire (the ring keeps at most ``trace_snap`` bytes of it).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ def to_packets(frames: Iterable[tuple[tuple[str, str], TracedFrame]]) -> Any:
     from scapy.layers.l2 import Ether
     from scapy.plist import PacketList
 
-    pkts = []
+    pkts: list[Any] = []
     for link, frame in sorted(frames, key=lambda lf: lf[1].ts_ns):
         pkt = Ether(frame.data)
         pkt.time = frame.ts_ns / 1e9
@@ -108,7 +108,7 @@ class Journey:
     def __len__(self) -> int:
         return len(self.hops)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Hop]:
         return iter(self.hops)
 
     def __getitem__(self, i: int) -> Hop:
@@ -144,6 +144,6 @@ def follow_packet(pkt: Any, candidates: Iterable[Any], *, window: float = 2.0) -
         changed = {} if before is None else {
             k: (before.get(k), v) for k, v in now.items()
             if k in before and before[k] != v and not k.startswith(("Ether.", "IP.ttl"))}
-        hops.append(Hop(tuple(cand.link), float(cand.time), cand, changed))  # type: ignore[arg-type]
+        hops.append(Hop((cand.link[0], cand.link[1]), float(cand.time), cand, changed))
         before = now
     return Journey(tuple(hops))
