@@ -1,0 +1,1 @@
+"""Turns descriptions into running instances: kernels, pipes, links, the exec agent."""
