@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: Every run directory of this test session lives here (STDPKT_RUNDIR, inherited by
 #: the `stdpkt` processes tests start), so "ours" is exact even on a shared machine.
 SESSION_RUNDIR = Path(f"/dev/shm/stdpkt-tests-{os.getpid()}")
-SESSION_RUNDIR.mkdir(mode=0o755, exist_ok=True)
+SESSION_RUNDIR.mkdir(exist_ok=True)
+SESSION_RUNDIR.chmod(0o1777)  # unprivileged test users make their run dirs here too
 os.environ["STDPKT_RUNDIR"] = str(SESSION_RUNDIR)
 
 
