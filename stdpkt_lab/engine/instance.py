@@ -334,7 +334,8 @@ class Instance:
                 f"{init} is not readable by the unprivileged kernel user: install stdpkt-lab "
                 "under a world-readable path, or use a host kernel with Landlock"
             )
-            agent = _copy_into(agent, run_dir) if agent else ""
+        if agent and (confinement.needs_private_copies or _hidden_in_guest(agent)):
+            agent = _copy_into(agent, run_dir)
         values: dict[str, str] = {
             "STDPKT_NAME": spec.name,
             "STDPKT_NIF": str(len(spec.ports)),
@@ -429,6 +430,16 @@ def _copy_into(path: str, run_dir: Path) -> str:
     name = "guest-" + os.path.basename(path)
     shutil.copy2(path, run_dir / name)
     return f"{GUEST_RUN_DIR}/{name}"
+
+
+#: Host directories the guest covers with its own tmpfs (lkl/init.sh) or devtmpfs.
+_GUEST_MOUNTS = ("/tmp", "/run", "/root", "/var/lib", "/var/log", "/dev")
+
+
+def _hidden_in_guest(path: str) -> bool:
+    """True if the guest cannot see ``path`` once its init has mounted its own filesystems
+    (a checkout under /tmp, say): such files are handed over through the run directory."""
+    return any(path == m or path.startswith(m + "/") for m in _GUEST_MOUNTS)
 
 
 def _world_readable(path: str) -> bool:
