@@ -138,3 +138,16 @@ def test_sampler_delivers_samples_and_rates_move(lab: sl.Lab) -> None:
     assert fw.state == "running" and fw.interfaces["eth0"]["rx_packets"] > 0
     assert got[-1].nodes["nat"].conntrack_entries is not None
     done.set()
+
+
+def test_mconsole_reads_guest_sysctl_without_the_guest(lab: sl.Lab) -> None:
+    from stdpkt_lab.engine.mconsole import MConsoleError
+
+    lab.exec("client", "wget -qO /dev/null -T 5 http://server/")
+    mc = lab["nat"].mconsole
+    by_mconsole = int(mc.proc("sys/net/netfilter/nf_conntrack_count").strip())
+    by_agent = int(lab["nat"].read_file("/proc/sys/net/netfilter/nf_conntrack_count"))
+    assert by_mconsole >= 1 and abs(by_mconsole - by_agent) <= 1
+    assert "6.1" in mc.request("version")
+    with pytest.raises(MConsoleError, match="net/dev"):
+        mc.proc("net/dev")  # per-namespace /proc/net files: the agent reads those

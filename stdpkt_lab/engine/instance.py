@@ -32,6 +32,7 @@ from ..errors import BootError, EnvironmentProblem, InstanceDied, StateError
 from . import bootprofile
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
+from .mconsole import MConsole
 from .paths import helper, kernel_binary, lkl_dir, make_run_root
 from .spec import InstanceSpec
 
@@ -94,6 +95,7 @@ class Instance:
         self._host_ports: list[socket.socket | None] = []
         self._fds: list[int] = []  # our ends: console read, console input write
         self._agent: AgentClient | None = None
+        self._mconsole: MConsole | None = None
         self._monitor: threading.Thread | None = None
         self._fail_reason: str | None = None
         self.script_status: int | None = None
@@ -129,6 +131,16 @@ class Instance:
         if sock is None:
             raise StateError(f"instance {self.name!r}: eth{index} is a tap device, not a socket")
         return sock
+
+    @property
+    def mconsole(self) -> MConsole:
+        """The kernel's management console (reads guest /proc/sys files; nothing runs in the guest)."""
+        if self._mconsole is None:
+            path = self.mconsole_path
+            if path is None:
+                raise StateError(f"instance {self.name!r} is {self._state.value}: no mconsole yet")
+            self._mconsole = MConsole(path, name=self.name)
+        return self._mconsole
 
     def console_tail(self, lines: int = 40) -> str:
         return "\n".join(list(self._tail)[-lines:])
@@ -409,6 +421,8 @@ class Instance:
             _end_process_group(proc, timeout)
         if self._agent is not None:
             self._agent.close()
+        if self._mconsole is not None:
+            self._mconsole.close()
         for sock in self._host_ports:
             if sock is not None:
                 sock.close()

@@ -1,9 +1,11 @@
 """A background thread that samples every link and every instance at a steady rate.
 
 Link counters come from the relays (memory reads, no syscalls).  Instance
-counters come from each guest's resident agent in one round trip per node
-(``/proc/net/dev``, the conntrack count, IPVS tables): nothing is forked in
-the guests, where every exec costs tens of milliseconds.  A bounded history
+counters come from the kernel's mconsole (the conntrack count, a /proc/sys
+file: nothing in the guest is involved) and from each guest's resident agent
+in one round trip per node (``/proc/net/dev`` and IPVS tables, which mconsole
+cannot read): nothing is forked in the guests, where every exec costs tens
+of milliseconds.  A bounded history
 is kept and every new sample is handed to subscribers.
 """
 
@@ -25,8 +27,8 @@ __all__ = ["Sampler", "Subscription"]
 
 log = logging.getLogger(__name__)
 
-CONNTRACK_COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
-NODE_FILES = ("/proc/net/dev", CONNTRACK_COUNT)
+CONNTRACK_COUNT = "sys/net/netfilter/nf_conntrack_count"
+NODE_FILES = ("/proc/net/dev",)
 IPVS_FILES = ("/proc/net/ip_vs",)
 
 
@@ -176,12 +178,15 @@ class Sampler:
                 out[name] = NodeSample(now, name, instance.state.value)
                 continue
             dev = files.get("/proc/net/dev")
-            count = files.get(CONNTRACK_COUNT)
+            try:
+                count = instance.mconsole.proc(CONNTRACK_COUNT, timeout=1.0).strip()
+            except Exception:  # conntrack not loaded in this guest: no such file
+                count = ""
             ipvs = files.get("/proc/net/ip_vs") if is_lb else None
             out[name] = NodeSample(
                 now, name, state,
                 interfaces=parse_proc_net_dev(dev.decode()) if dev else {},
-                conntrack_entries=int(count) if count and count.strip().isdigit() else None,
+                conntrack_entries=int(count) if count.isdigit() else None,
                 ipvs=parse_ip_vs(ipvs.decode()) if ipvs else [],
             )
         return out
