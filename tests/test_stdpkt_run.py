@@ -45,7 +45,7 @@ def write_script(path: Path, text: str) -> Path:
 
 
 NAT_WITH_CONNTRACK = """\
-. {paper}/nat-config.sh
+{nat_config}
 # report the first tracked iperf3 flow, as conntrack lists it inside this NAT
 ( for i in $(seq 600); do
     out=$(conntrack -L -p tcp --dport 5201 2>/dev/null)
@@ -57,7 +57,10 @@ NAT_WITH_CONNTRACK = """\
 
 @pytest.mark.uml
 def test_paper_chain_ping_http_iperf_nat_firewall(stdpkt_bin: str, tmp_path: Path) -> None:
-    nat = write_script(tmp_path / "nat.sh", NAT_WITH_CONNTRACK.format(paper=PAPER))
+    # the script is copied into the instance; a path it sources might be hidden there
+    # (a checkout under /tmp), so the NAT configuration is inlined
+    nat = write_script(tmp_path / "nat.sh", NAT_WITH_CONNTRACK.format(
+        nat_config=(PAPER / "nat-config.sh").read_text()))
     stages = paper_stages(stdpkt_bin, client=PAPER / "client.sh", nat=nat,
                           firewall=PAPER / "firewall-config.sh", server=PAPER / "server.sh")
     with Pipeline(stages, tmp_path) as pipe:
