@@ -353,3 +353,18 @@ def test_tap_without_privilege_is_refused(stdpkt_bin: str, tmp_path: Path) -> No
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2, result.stderr
     assert "IF0" in result.stderr and "root" in result.stderr
+
+
+@pytest.mark.uml
+def test_boot_failure_reports_the_console_tail(stdpkt_bin: str, tmp_path: Path) -> None:
+    fake = write_script(tmp_path / "fake-kernel", "#!/bin/sh\necho 'fake kernel: out of cheese'\nexit 3\n")
+    script = write_script(tmp_path / "nf.sh", "true\n")
+    t0 = time.monotonic()
+    result = subprocess.run([stdpkt_bin, "run", str(script)],
+                            env={**os.environ, "STDPKT_KERNEL": str(fake), "IF0": "a|b"},
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "exited during boot" in result.stderr
+    assert "fake kernel: out of cheese" in result.stderr  # the console tail
+    assert time.monotonic() - t0 < 30  # no hang waiting for pipes or a boot timeout
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # FIFOs removed
