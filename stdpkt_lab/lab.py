@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from .relay import Pump, TracedFrame
 
 LinkRef = tuple[str, str]
+#: Gratuitous ARP for every address of a (re)booted instance.
+_ANNOUNCE = ('ip -4 -o addr show | while read -r _ dev _ cidr _; do [ "$dev" = lo ] || '
+             'busybox arping -q -U -c 1 -I "$dev" "${cidr%/*}"; done; true')
 
 __all__ = ["Lab", "LabState"]
 
@@ -196,6 +199,34 @@ class Lab:
     def _link_ended(self, link: Link, why: str) -> None:
         self.events.append((time.time(), f"link {link.name}: {why}"))
 
+    def restart(self, node: str) -> Instance:
+        """Boot a fresh instance of ``node`` from its plan (stopping the old one if it still
+        runs) and re-join its links.  State inside the old guest (conntrack, added rules) is lost."""
+        self._require_running()
+        with self._lock:
+            for link in [k for k in self._links if node in (k.a.name, k.b.name)]:
+                link.stop()
+                self._links.remove(link)
+            self[node].stop()
+            instance = self._instances[node] = Instance(self.plan.nodes[node].spec, run_root=self._run_root)
+            instance.start()
+            slots, snap = self._trace
+            for lp in self.plan.links:
+                other = lp.b if lp.a == node else lp.a if lp.b == node else None
+                if other is not None and self._instances[other].state.value in ("booting", "running"):
+                    link = Link(self._instances[lp.a], lp.a_port, self._instances[lp.b], lp.b_port,
+                                trace_slots=slots, trace_snap=snap, on_end=self._link_ended)
+                    self._links.append(link)
+                    link.start()
+        bar = _progress(1, f"booting {node}", self.progress)
+        try:
+            instance.wait_ready(self.boot_timeout)
+            instance.exec(_ANNOUNCE, timeout=10)  # its MACs are new: update the neighbours' ARP caches
+            bar.update(1)
+        finally:
+            bar.close()
+        return instance
+
     # ------------------------------------------------------------ commands
     def exec(self, node: str, cmd: str | Sequence[str], *, timeout: float | None = 30.0,
              input: bytes | None = None) -> ExecResult:
@@ -305,6 +336,13 @@ class Lab:
         for link in self._links:
             everything += self._frames((link.a.name, link.b.name), "both", None)
         return follow_packet(packet, to_packets(everything), window=window)
+
+    def dashboard(self, **options: Any) -> Any:
+        """The live Jupyter view of this lab, started (needs the ``lab`` extra); options:
+        :class:`stdpkt_lab.dashboard.Dashboard`."""
+        from .dashboard import Dashboard
+
+        return Dashboard(self, **options).start()
 
     def __repr__(self) -> str:
         return f"<Lab {len(self)} nodes {self._state.value}>"
