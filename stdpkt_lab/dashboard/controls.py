@@ -99,7 +99,7 @@ class Controls:
         self.tabs.titles = ("traffic", "firewall rules", "network functions")
         self.log = widgets.HTML(log_html([]))
         self.widget = widgets.VBox([self.tabs, self.log])
-        self._shown_version = -1
+        self._shown: tuple[int, str] | None = None
 
     def _rule(self, action: Any) -> None:
         try:
@@ -117,9 +117,10 @@ class Controls:
         elif self.progress.description != "idle":
             self.progress.value = 0.0
             self.progress.description = "idle"
-        if snap["version"] == self._shown_version:
+        shown = (snap["version"], self.fw_node.value)
+        if shown == self._shown:
             return
-        self._shown_version = snap["version"]
+        self._shown = shown
         self.log.value = log_html(snap["log"])
         rules = snap["rules"].get(self.fw_node.value)
         if rules is not None:

@@ -137,6 +137,8 @@ class Dashboard(widgets.VBox):
     def start(self) -> Dashboard:
         """Start the update thread (idempotent); returns self, so ``lab.dashboard()`` displays it."""
         if self._thread is None:
+            if self.lab.state.value == "running" and not self.lab.sampler.running:
+                self.lab.sampler.start()  # a Lab(sample_hz=None) has no rates otherwise
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="stdpkt-dashboard", daemon=True)
             self._thread.start()
