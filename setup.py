@@ -2,7 +2,7 @@
 
 * the cffi relay extension (stdpkt_lab/relay/_build_relay.py);
 * the guest-side programs from lkl/: stdpkt-launch (confines the kernel
-  process) and stdpkt-agent (static: runs inside every guest), plus the guest
+  process), stdpkt-agent and stdpkt-init (static: run inside every guest), plus the guest
   init and boot profile, copied into stdpkt_lab/_bin/ so an installed package
   carries them.
 """
@@ -21,6 +21,7 @@ PROGRAMS = {
     # name: (source, extra flags)
     "stdpkt-launch": ("lkl/launch.c", []),
     "stdpkt-agent": ("lkl/agent.c", ["-static"]),
+    "stdpkt-init": ("lkl/init.c", ["-static"]),  # the fast guest init (init.sh's twin)
 }
 DATA = ["lkl/init.sh", "lkl/boot-profile"]
 

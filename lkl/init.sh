@@ -17,6 +17,8 @@
 # host's, read-only, and the kernel process is confined by stdpkt-launch.
 # Every exec costs tens of ms under UML (ptrace), so this script keeps
 # external commands few: one `ip -batch`, builtins wherever possible.
+# lkl/init.c (stdpkt-init) does the same with system calls and is what the
+# engine boots when it is built; keep the two in step (tests/test_perf_init.py).
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH HOME=/root TERM=dumb
@@ -59,6 +61,12 @@ PATH=/run/stdpkt/bin:$PATH
 [ -n "$STDPKT_NAME" ] && echo "$STDPKT_NAME" > /proc/sys/kernel/hostname
 echo 0 > /proc/sys/kernel/ctrl-alt-del
 echo 1 > /proc/sys/net/ipv4/ip_forward
+# A gratuitous ARP as each socket port comes up (STDPKT_ANNOUNCE: not taps, which
+# fail for good if written before the host brings them up): neighbours learn us,
+# and the host sees the instance's first packet (bench/boot.py times it).
+for i in ${STDPKT_ANNOUNCE:-}; do
+    echo 1 > "/proc/sys/net/ipv4/conf/vec$i/arp_notify"
+done
 
 # Interfaces: vecN becomes ethN with IPn/NETMASKn; one `ip` process for all.
 batch=/run/stdpkt/ip.batch

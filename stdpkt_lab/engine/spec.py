@@ -21,19 +21,27 @@ class PortSpec:
     """Interface ``eth<index>`` of an instance.
 
     By default the port is a socketpair whose host end a relay serves; with
-    ``tap`` the kernel attaches straight to that host tap device (root only).
+    ``tap`` the kernel attaches straight to that host tap device (root only);
+    with ``fd`` it attaches to a socket the caller made (one end of a
+    SOCK_SEQPACKET socketpair, say, whose other end is another instance's
+    ``fd`` port: two kernels joined with no relay). The instance passes a
+    duplicate of ``fd`` to the kernel; the caller keeps and closes its own.
+    Neither kind has a host end: :meth:`Instance.port` refuses them.
     """
 
     index: int
     address: ipaddress.IPv4Interface | None = None
     mtu: int = 1500
     tap: str | None = None
+    fd: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < MAX_PORTS:
             raise ValueError(f"port index {self.index} outside 0..{MAX_PORTS - 1}")
         if not 68 <= self.mtu <= MAX_MTU:
             raise ValueError(f"MTU {self.mtu} outside 68..{MAX_MTU}")
+        if self.tap is not None and self.fd is not None:
+            raise ValueError(f"port {self.index}: tap and fd exclude each other")
 
     @property
     def device(self) -> str:

@@ -1,0 +1,425 @@
+"""The paper's Figure 2: TCP goodput between two instances, as a function of the write size.
+
+    python bench/goodput.py [--quick] [--sizes 64,1024,65536] [--mtus 65500,1500]
+                            [--reps N] [--seconds S] [--paths pipe,direct,limit] [--mem MB]
+
+Paths, measured in the same run and interleaved repetition by repetition:
+
+* ``pipe``   the paper's set-up: two ``stdpkt run`` processes, the sender's
+  stdout piped to the receiver's stdin, a named pipe the other way
+  (``IF0="back|/dev/stdout" stdpkt run --oneshot tx.sh | IF0="/dev/stdin|back"
+  stdpkt run rx.sh``); every frame crosses two C relays and a pcap pipe.
+* ``direct`` the engine's ceiling: the same two instances joined by one
+  SOCK_SEQPACKET socketpair, no relay (``PortSpec(fd=...)``).
+* ``limit``  the pipe's ceiling: the bare pcap pump (bench/pipe_pump.py), no
+  kernels, frames of MTU + 14 bytes.
+
+iperf3 runs inside the instances (``-l`` = write size; the iperf3 server reads
+with the same size). Goodput is iperf3's receiver-side figure. Writes
+bench/results/goodput.json (min/median/max per point) and goodput.png; the
+last stdout line is one JSON object {"pipe_gbps", "direct_gbps",
+"pipe_limit_gbps"} at 64 KiB writes, MTU 65500 (or the largest measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+try:
+    import stdpkt_lab  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tqdm.auto import tqdm  # noqa: E402
+
+from stdpkt_lab.engine.instance import Instance  # noqa: E402
+from stdpkt_lab.engine.spec import InstanceSpec, PortSpec  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PAPER_GBPS = 9.1
+FULL_SIZES = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
+QUICK_SIZES = [64, 1024, 8192, 65536]
+TX_ADDR, RX_ADDR = "10.9.0.1/24", "10.9.0.2/24"
+MARK = "@@GP "
+
+RECEIVER_SCRIPT = """#!/bin/sh
+# goodput bench: the iperf3 server; the instance forwards until its input ends
+iperf3 -s -D
+"""
+
+
+def sender_script(sizes: list[int], seconds: float, omit: int) -> str:
+    """The sweep, run inside the sending instance: one iperf3 -J per write size."""
+    server = RX_ADDR.split("/")[0]
+    return f"""#!/bin/sh
+# goodput bench: one iperf3 run per write size; results between markers on the console
+i=0
+until ping -c 1 -W 1 {server} >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -ge 100 ] && {{ echo "{MARK}FAIL {server} unreachable"; exit 1; }}
+done
+for size in {' '.join(map(str, sizes))}; do
+    n=0
+    while :; do
+        out=$(iperf3 -c {server} -t {seconds:g} -O {omit} -i 0 -l $size -J 2>&1)
+        case "$out" in *'"error"'*|"") ;; *) break ;; esac
+        n=$((n + 1)); [ $n -ge 60 ] && break
+        sleep 0.25  # the server is not up yet, or still closing the previous test
+    done
+    echo "{MARK}BEGIN $size"
+    echo "$out"
+    echo "{MARK}END $size"
+done
+"""
+
+
+class Collector:
+    """Parses console lines of the sending instance into (size, Gbps) results."""
+
+    def __init__(self, on_result: Callable[[int, dict], None]) -> None:
+        self._on_result = on_result
+        self._size: int | None = None
+        self._buf: list[str] = []
+        self.failure: str | None = None
+        self.lines: list[str] = []
+
+    def feed(self, line: str) -> None:
+        self.lines.append(line)
+        if line.startswith(MARK + "BEGIN "):
+            self._size, self._buf = int(line.split()[2]), []
+        elif line.startswith(MARK + "END ") and self._size is not None:
+            self._on_result(self._size, _parse_iperf("\n".join(self._buf)))
+            self._size = None
+        elif line.startswith(MARK + "FAIL"):
+            self.failure = line[len(MARK) :]
+        elif self._size is not None:
+            self._buf.append(line)
+
+
+def _parse_iperf(text: str) -> dict:
+    start = text.find("{")
+    try:
+        report = json.loads(text[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        report = {}
+    if "end" not in report or "error" in report:
+        return {"gbps": None, "error": report.get("error") or text[-300:]}
+    end = report["end"]
+    return {
+        "gbps": end["sum_received"]["bits_per_second"] / 1e9,
+        "retransmits": end.get("sum_sent", {}).get("retransmits"),
+        "cpu": end.get("cpu_utilization_percent"),
+    }
+
+
+# ------------------------------------------------------------------ the two kernel paths
+
+
+def _stdpkt_argv() -> list[str]:
+    exe = Path(sys.executable).parent / "stdpkt"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "stdpkt_lab.cli"]
+
+
+def run_pipe(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
+    """The paper's pipeline: two `stdpkt run` processes, stdout | stdin one way, a FIFO back."""
+    fifo = work / "back"
+    tx_script, rx_script = work / "tx.sh", work / "rx.sh"
+    base = {k: v for k, v in os.environ.items() if not re.match(r"^(IF|IP|NETMASK|MTU)\d+$|^GATEWAY$", k)}
+    tx_env = {**base, "IF0": f"{fifo}|/dev/stdout", "IP0": TX_ADDR.split("/")[0], "MTU0": str(mtu)}
+    rx_env = {**base, "IF0": f"/dev/stdin|{fifo}", "IP0": RX_ADDR.split("/")[0], "MTU0": str(mtu)}
+    mem_args = ["--mem", str(mem)]
+    tag = f"{os.getpid()}-{mtu}"
+    procs: list[subprocess.Popen[bytes]] = []
+    rx_log = open(work / "rx.log", "wb")  # noqa: SIM115 - closed in finally
+    try:
+        tx = subprocess.Popen(
+            [*_stdpkt_argv(), "run", "--oneshot", "--name", f"gp-tx-{tag}", *mem_args, str(tx_script)],
+            env=tx_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, cwd=work,
+        )
+        procs.append(tx)
+        rx = subprocess.Popen(
+            [*_stdpkt_argv(), "run", "--name", f"gp-rx-{tag}", *mem_args, str(rx_script)],
+            env=rx_env, stdin=tx.stdout, stdout=subprocess.DEVNULL, stderr=rx_log,
+            start_new_session=True, cwd=work,
+        )
+        procs.append(rx)
+        assert tx.stdout is not None and tx.stderr is not None
+        tx.stdout.close()  # the receiver holds the read end now
+        deadline = time.monotonic() + timeout
+        killer = threading.Timer(timeout, lambda: _terminate(procs))
+        killer.start()
+        try:
+            for raw in tx.stderr:
+                collector.feed(raw.decode(errors="replace").rstrip("\n"))
+        finally:
+            killer.cancel()
+        tx.wait(max(deadline - time.monotonic(), 1))
+        rx.wait(30)
+    finally:
+        _terminate(procs)
+        rx_log.close()
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
+    """The same two instances joined by one SOCK_SEQPACKET socketpair: no relay at all."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tag = f"{os.getpid()}-{mtu}"
+    rx = Instance(InstanceSpec(
+        f"gd-rx-{tag}", mem_mb=mem, script=work / "rx.sh",
+        ports=(PortSpec(0, ipaddress.IPv4Interface(RX_ADDR), mtu, fd=b.fileno()),),
+    ))
+    tx = Instance(InstanceSpec(
+        f"gd-tx-{tag}", mem_mb=mem, script=work / "tx.sh", oneshot=True,
+        ports=(PortSpec(0, ipaddress.IPv4Interface(TX_ADDR), mtu, fd=a.fileno()),),
+    ), on_console=collector.feed)
+    try:
+        rx.start()
+        tx.start()
+        a.close()
+        b.close()
+        rx.wait_ready()
+        tx.wait_ready()
+        if tx.wait(timeout) is None:
+            raise TimeoutError(f"direct sweep at MTU {mtu} did not finish in {timeout:.0f} s")
+    finally:
+        a.close()
+        b.close()
+        tx.stop()
+        rx.stop()
+
+
+# ------------------------------------------------------------------ the pipe's own ceiling
+
+
+def pipe_limit(frame: int, seconds: float) -> float:
+    sys.path.insert(0, str(HERE))
+    from pipe_pump import measure  # the bare pump: socket -> pump -> pipe -> pump -> socket
+
+    return float(measure(frame, seconds, trace=True)["gbps"])
+
+
+# ------------------------------------------------------------------ report
+
+
+def summarise(values: list[float]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"min": None, "median": None, "max": None, "n": 0, "values": values}
+    return {
+        "min": round(min(vals), 4),
+        "median": round(statistics.median(vals), 4),
+        "max": round(max(vals), 4),
+        "n": len(vals),
+        "values": [None if v is None else round(v, 4) for v in values],
+    }
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "host_kernel": platform.release(),
+        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "loadavg_start": os.getloadavg(),
+        "commit": commit,
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"pipe": "-o", "direct": "--s"}
+    colours = {65500: "tab:blue", 1500: "tab:orange"}
+    for mtu_key, per_path in result["goodput"].items():
+        mtu = int(mtu_key)
+        colour = colours.get(mtu)
+        for kind, per_size in per_path.items():
+            sizes = sorted(int(s) for s in per_size if per_size[s]["median"] is not None)
+            if not sizes:
+                continue
+            med = [per_size[str(s)]["median"] for s in sizes]
+            lo = [per_size[str(s)]["min"] for s in sizes]
+            hi = [per_size[str(s)]["max"] for s in sizes]
+            ax.plot(sizes, med, styles.get(kind, "-"), color=colour, label=f"{kind}, MTU {mtu}")
+            ax.fill_between(sizes, lo, hi, color=colour, alpha=0.15)
+        limit = result.get("pipe_limit", {}).get(mtu_key)
+        if limit and limit["median"] is not None:
+            ax.axhline(limit["median"], color=colour, linestyle=":", linewidth=1,
+                       label=f"bare pcap pipe pump, {mtu + 14} B frames")
+    ax.axhline(PAPER_GBPS, color="black", linestyle="-.", linewidth=1, label="paper (LKL, 4 cores): 9.1 Gbps")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("write size (bytes, iperf3 -l)")
+    ax.set_ylabel("TCP goodput (Gbit/s)")
+    m = result["machine"]
+    ax.set_title(f"Goodput between two instances ({m['cores']} cores, {m['cpu'][:30]})", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="4 sizes, 1 repetition, 2 s runs (under 2 minutes)")
+    ap.add_argument("--sizes", help="comma-separated write sizes in bytes")
+    ap.add_argument("--mtus", default="65500,1500")
+    ap.add_argument("--reps", type=int)
+    ap.add_argument("--seconds", type=float)
+    ap.add_argument("--paths", default="pipe,direct,limit")
+    ap.add_argument("--mem", type=int, default=InstanceSpec.__dataclass_fields__["mem_mb"].default,
+                    help="guest memory in MB (default: the engine's)")
+    ap.add_argument("--out", default="goodput", help="results file stem under bench/results/")
+    args = ap.parse_args()
+
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
+    mtus = [int(m) for m in args.mtus.split(",")]
+    reps = args.reps or (1 if args.quick else 3)
+    seconds = args.seconds or (2.0 if args.quick else 3.0)
+    omit = 0 if args.quick else 1
+    paths = [p for p in args.paths.split(",") if p]
+    kernel_paths = [p for p in paths if p in ("pipe", "direct")]
+    runners = {"pipe": run_pipe, "direct": run_direct}
+
+    result: dict = {
+        "machine": machine(),
+        "params": {"sizes": sizes, "mtus": mtus, "reps": reps, "seconds": seconds, "omit": omit,
+                   "mem_mb": args.mem, "quick": args.quick, "paths": paths},
+        "goodput": {str(m): {p: {str(s): [] for s in sizes} for p in kernel_paths} for m in mtus},
+        "pipe_limit": {},
+        "errors": [],
+    }
+    raw = result["goodput"]
+    total = len(mtus) * len(kernel_paths) * reps * len(sizes) + (len(mtus) if "limit" in paths else 0)
+    timeout = 120 + len(sizes) * (seconds + omit + 15)
+    work = Path(tempfile.mkdtemp(prefix="stdpkt-goodput-"))
+    try:
+        (work / "rx.sh").write_text(RECEIVER_SCRIPT)
+        (work / "tx.sh").write_text(sender_script(sizes, seconds, omit))
+        with tqdm(total=total, desc="goodput", unit="run") as bar:
+            if "limit" in paths:
+                for mtu in mtus:
+                    bar.set_postfix_str(f"pipe pump, {mtu + 14} B frames")
+                    values = [pipe_limit(mtu + 14, 1.0 if args.quick else 2.0) for _ in range(reps)]
+                    result["pipe_limit"][str(mtu)] = summarise(values)
+                    bar.update(1)
+            for rep in range(reps):
+                for mtu in mtus:
+                    for path in kernel_paths:  # interleaved: noise hits every path alike
+                        bar.set_postfix_str(f"rep {rep + 1}, MTU {mtu}, {path}")
+
+                        def got(size: int, r: dict, mtu: int = mtu, path: str = path) -> None:
+                            raw[str(mtu)][path][str(size)].append(r["gbps"])
+                            if r["gbps"] is None:
+                                result["errors"].append(f"MTU {mtu} {path} {size}: {r.get('error')}")
+                            bar.update(1)
+
+                        collector = Collector(got)
+                        try:
+                            runners[path](work, mtu, args.mem, collector, timeout)
+                        except Exception as exc:  # one failed session must not lose the others
+                            result["errors"].append(f"MTU {mtu} {path} rep {rep}: {exc!r}")
+                            tqdm.write(f"goodput: MTU {mtu} {path}: {exc!r}; console tail:\n"
+                                       + "\n".join(collector.lines[-10:]), file=sys.stderr)
+                        if collector.failure:
+                            result["errors"].append(f"MTU {mtu} {path}: {collector.failure}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    for per_path in raw.values():
+        for per_size in per_path.values():
+            for size, values in per_size.items():
+                per_size[size] = summarise(values)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1))
+    plot(result, RESULTS / f"{args.out}.png")
+
+    for mtu_key, per_path in raw.items():
+        limit = result["pipe_limit"].get(mtu_key, {}).get("median")
+        print(f"MTU {mtu_key}" + (f"  (bare pipe pump: {limit:.2f} Gbit/s)" if limit else ""))
+        print(f"{'write':>7} " + " ".join(f"{p + ' min/med/max':>24}" for p in per_path))
+        for size in sizes:
+            cells = []
+            for p in per_path:
+                s = per_path[p][str(size)]
+                cells.append(f"{_f(s['min'])}/{_f(s['median'])}/{_f(s['max'])}".rjust(24))
+            print(f"{size:>7} " + " ".join(cells))
+    for err in result["errors"]:
+        print(f"error: {err}", file=sys.stderr)
+
+    head_mtu = "65500" if "65500" in raw else str(max(mtus))
+    head_size = str(max(sizes))
+
+    def headline(path: str) -> float | None:
+        cell = raw.get(head_mtu, {}).get(path, {}).get(head_size)
+        return None if not cell or cell["median"] is None else round(cell["median"], 3)
+
+    limit = result["pipe_limit"].get(head_mtu, {}).get("median")
+    print(json.dumps({
+        "pipe_gbps": headline("pipe"),
+        "direct_gbps": headline("direct"),
+        "pipe_limit_gbps": None if limit is None else round(limit, 2),
+    }))
+    return 0 if not result["errors"] else 1
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
