@@ -30,6 +30,14 @@
  *   7. "@@STDPKT READY", the script (stdin /dev/null), "@@STDPKT SCRIPT-EXIT n";
  *   8. --oneshot: power off; otherwise reap orphans until the host stops us.
  *
+ * Pooled (STDPKT_POOL=1; stdpkt_lab.engine.pool): an instance booted ahead of
+ * need with no configuration does 1-3, announces and renames its ports,
+ * starts the agent, prints "@@STDPKT POOLED" and reads "CONF <file>" from its
+ * console; it loads that file (the instance's real configuration, written by
+ * Instance.configure() into the run directory) and goes on with 4, 5, 7.
+ * The agent was started before the configuration: commands it runs do not
+ * see the configuration's variables (the setup script and script do).
+ *
  * Markers on the console ("@@STDPKT READY|SCRIPT-EXIT n|WARN text|FAIL text")
  * are the host's only view of the boot, exactly as with init.sh.
  */
@@ -53,6 +61,7 @@
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -444,12 +453,9 @@ static int run_sh(const char *script, int stdin_null)
 
 /* ------------------------------------------------------------ main */
 
-int main(void)
+/* Mounts, configuration, modules, iptables: what every instance needs. */
+static void prepare(void)
 {
-    /* like the shell: PID 1 ignores nothing it need not; a `&` job ignores
-     * SIGINT/SIGQUIT, which spawn() arranges per child */
-    signal(SIGINT, SIG_IGN);
-    signal(SIGQUIT, SIG_IGN);
     setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
     setenv("HOME", "/root", 1);
     setenv("TERM", "dumb", 1);
@@ -512,7 +518,12 @@ int main(void)
         }
     snprintf(path, sizeof path, "/run/stdpkt/bin:%s", getenv("PATH"));
     setenv("PATH", path, 1);
+}
 
+/* /etc/hosts, hostname, forwarding. */
+static void identity(void)
+{
+    char path[512];
     const char *hosts = env_or("STDPKT_HOSTS", NULL);
     if (hosts)
         do_mount(hosts, "/etc/hosts", NULL, MS_BIND, NULL);
@@ -523,6 +534,11 @@ int main(void)
     }
     write_proc("/proc/sys/kernel/ctrl-alt-del", "0\n");
     write_proc("/proc/sys/net/ipv4/ip_forward", "1\n");
+}
+
+static void announce(void)
+{
+    char path[512];
     /* a gratuitous ARP as each socket port comes up (not taps: written before the
      * host brings them up, the kernel's tap end errors out for good) */
     char announce[64];
@@ -531,8 +547,26 @@ int main(void)
         snprintf(path, sizeof path, "/proc/sys/net/ipv4/conf/vec%d/arp_notify", atoi(t));
         write_proc(path, "1\n");
     }
+}
 
-    /* interfaces, in the order of init.sh's ip batch (also written, for the record) */
+/* vecN -> ethN (a pooled instance does it while it waits for its configuration). */
+static void rename_all(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), rc;
+    int nif = atoi(env_or("STDPKT_NIF", "0"));
+    for (int i = 0; i < nif && i < MAX_NIF; i++) {
+        char vec[IFNAMSIZ], eth[IFNAMSIZ];
+        snprintf(vec, sizeof vec, "vec%d", i);
+        snprintf(eth, sizeof eth, "eth%d", i);
+        if ((rc = rename_if(s, vec, eth)) < 0)
+            say("stdpkt-init: link set %s name %s: %s", vec, eth, strerror(-rc));
+    }
+    close(s);
+}
+
+/* Interfaces, in the order of init.sh's ip batch (also written, for the record). */
+static void interfaces(int renamed)
+{
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
     int failed = 0, rc;
@@ -550,7 +584,7 @@ int main(void)
         snprintf(vec, sizeof vec, "vec%d", i);
         snprintf(eth, sizeof eth, "eth%d", i);
         BATCH("link set %s name %s\n", vec, eth);
-        if ((rc = rename_if(s, vec, eth)) < 0) {
+        if (!renamed && (rc = rename_if(s, vec, eth)) < 0) {
             say("stdpkt-init: link set %s name %s: %s", vec, eth, strerror(-rc));
             failed = 1;
         }
@@ -636,14 +670,60 @@ int main(void)
     write_file("/run/stdpkt/ip.batch", batch, 0644);
     if (failed)
         say("@@STDPKT WARN interface set-up failed (see above)");
+}
 
+static void start_agent(void)
+{
     const char *agent = env_or("STDPKT_AGENT", NULL);
     if (agent) {
         const char *argv[] = {agent, "/dev/tty1", NULL};
         if (spawn(argv, 1, 1) < 0)
             warn_errno(agent);
     }
+}
 
+/* A pooled instance: booted ahead with no configuration of its own, it waits for
+ * the host to write "CONF <file in the run directory>\n" on its console. */
+static void wait_for_config(void)
+{
+    struct termios t;
+    char line[512], path[768];
+    size_t n = 0;
+    if (tcgetattr(0, &t) == 0) {
+        t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+        tcsetattr(0, TCSANOW, &t);
+    }
+    say("@@STDPKT POOLED");
+    while (n < sizeof line - 1) {
+        ssize_t k = read(0, line + n, 1);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0 || line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = 0;
+    if (strncmp(line, "CONF ", 5) != 0 || strchr(line + 5, '/')) {
+        say("@@STDPKT FAIL expected CONF <file> on the console, got %.100s", line);
+        poweroff();
+    }
+    snprintf(path, sizeof path, RUN_HOST "/%s", line + 5);
+    unsetenv("STDPKT_POOL");
+    if (load_conf(path) < 0) {
+        say("@@STDPKT FAIL cannot read %s", path);
+        poweroff();
+    }
+    char *conf = getenv("STDPKT_CONF"), *slash = conf ? strrchr(conf, '/') : NULL;
+    if (slash) {
+        snprintf(path, sizeof path, "%.*s/%s", (int)(slash - conf), conf, line + 5);
+        setenv("STDPKT_CONF", path, 1);
+    }
+}
+
+/* cd, setup, READY, the script; then power off (oneshot) or reap orphans for ever. */
+static void run(void)
+{
+    int rc;
     const char *cwd = env_or("STDPKT_CWD", "/");
     if (chdir(cwd) < 0) {
         cwd = "/";
@@ -669,4 +749,29 @@ int main(void)
         if (waitpid(-1, NULL, 0) < 0 && errno == ECHILD)
             pause();
     }
+}
+
+int main(void)
+{
+    /* like the shell: PID 1 ignores nothing it need not; a `&` job ignores
+     * SIGINT/SIGQUIT, which spawn() arranges per child */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    prepare();
+    if (!strcmp(env_or("STDPKT_POOL", "0"), "1")) {
+        /* everything that does not depend on the configuration, then wait for it */
+        announce();
+        rename_all();
+        start_agent();
+        wait_for_config();
+        identity();
+        interfaces(1);
+    } else {
+        identity();
+        announce();
+        interfaces(0);
+        start_agent();
+    }
+    run();
+    return 0;
 }

@@ -19,7 +19,7 @@ from stdpkt_lab.engine import bootprofile
 from stdpkt_lab.engine.instance import Instance, guest_init
 from stdpkt_lab.engine.paths import lkl_dir
 from stdpkt_lab.engine.spec import InstanceSpec, PortSpec
-from stdpkt_lab.errors import EnvironmentProblem, StateError
+from stdpkt_lab.errors import ConfigError, EnvironmentProblem, StateError
 
 #: Everything a script can observe of what init did, printed on the console.
 PROBE = r"""#!/bin/sh
@@ -201,3 +201,59 @@ def test_boot_profile_skips_the_slow_initcalls() -> None:
     for initcall in ("raid6_select_algo", "crypto_algapi_init", "init_jfs_fs", "ssl_init"):
         assert initcall in blacklist
     assert any(a.startswith("lpj=") for a in args)  # no delay-loop calibration
+
+
+# ---------------------------------------------------------------- the warm pool
+
+
+@pytest.mark.uml
+def test_a_pooled_instance_takes_its_configuration(tmp_path: Path) -> None:
+    from stdpkt_lab.engine.pool import InstancePool
+
+    script = tmp_path / "nf.sh"
+    script.write_text("echo script-ran $STDPKT_NAME $IP1\nhostname\n")
+    with InstancePool(2, ports=(1500, 9000)) as pool:
+        pool.wait_filled(120)
+        assert pool.available == 2
+        bad = InstanceSpec("bad", ports=(PortSpec(0), PortSpec(1)))  # MTU 1500 on eth1
+        with pytest.raises(ConfigError, match="MTU"):
+            pool.take(bad)
+        lines: list[str] = []
+        spec = InstanceSpec(
+            "router7",
+            ports=(PortSpec(0, ipaddress.IPv4Interface("10.4.0.1/24")),
+                   PortSpec(1, ipaddress.IPv4Interface("10.5.0.1/24"), mtu=9000)),
+            routes=("10.6.0.0/24 via 10.5.0.2",), hosts="10.5.0.2 next\n",
+            setup="echo setup-ran $IP0", script=script,
+        )
+        inst = pool.take(spec, on_console=lines.append)
+        try:
+            t0 = time.monotonic()
+            sock = inst.port(0)
+            assert select.select([sock], [], [], 10)[0]
+            up_ms = (time.monotonic() - t0) * 1000
+            inst.wait_ready(30)
+            assert inst.name == "router7"
+            out = inst.exec("hostname; ip -o addr show eth1; ip route; cat /etc/hosts").stdout
+            assert "router7" in out and "10.5.0.1/24" in out and "10.6.0.0/24 via 10.5.0.2" in out
+            assert "10.5.0.2 next" in out
+            deadline = time.monotonic() + 10
+            while not any("script-ran router7 10.5.0.1" in line for line in lines):
+                assert time.monotonic() < deadline, lines
+                time.sleep(0.05)
+            assert inst.mconsole.proc("sys/kernel/hostname").strip() == "router7"
+            assert up_ms < 1000  # milliseconds in practice (bench/boot.py --pool)
+            pool.wait_filled(120)  # a replacement was booted
+        finally:
+            inst.stop()
+    assert pool.available == 0
+
+
+def test_pool_mismatch_messages() -> None:
+    from stdpkt_lab.engine.instance import _pool_mismatch
+
+    blank = InstanceSpec("p", ports=(PortSpec(0),), mem_mb=128)
+    assert _pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0, mtu=1500),))) == ""
+    assert "ports" in _pool_mismatch(blank, InstanceSpec("a"))
+    assert "mem_mb" in _pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0),), mem_mb=64))
+    assert "tap" in _pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0, tap="t0"),)))

@@ -10,6 +10,10 @@ pipes or to other instances.  Lifecycle::
 
 The constructor does no I/O; :meth:`start` spawns; :meth:`stop` is idempotent
 and removes every process, descriptor and file the instance made.
+
+A *pooled* instance (``pooled=True``, see :mod:`stdpkt_lab.engine.pool`) boots
+with a blank spec (ports only) and waits in BOOTING (:meth:`wait_pooled`) until
+:meth:`configure` hands it its real spec; it then goes on as any other.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BootError, EnvironmentProblem, InstanceDied, StateError
+from ..errors import BootError, ConfigError, EnvironmentProblem, InstanceDied, StateError
 from . import bootprofile
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
@@ -79,8 +83,13 @@ class Instance:
         on_console: Callable[[str], None] | None = None,
         confinement: Confinement | None = None,
         console_lines: int = 200,
+        pooled: bool = False,
     ) -> None:
         self.spec = spec
+        self._umid = spec.name  # the kernel's name for good (a pooled one gets a new spec later)
+        self._pooled = pooled
+        self._pooled_evt = threading.Event()
+        self._configured = False
         self._run_root = run_root
         self._on_console = on_console
         self._confinement = confinement
@@ -121,7 +130,7 @@ class Instance:
 
     @property
     def mconsole_path(self) -> Path | None:
-        return self._run_dir / self.name / "mconsole" if self._run_dir else None
+        return self._run_dir / self._umid / "mconsole" if self._run_dir else None
 
     def port(self, index: int) -> socket.socket:
         """Host end of port ``index``'s socketpair (one frame per message)."""
@@ -195,6 +204,49 @@ class Instance:
             if self._state is InstanceState.BOOTING:
                 self._state = InstanceState.RUNNING
 
+    def wait_pooled(self, timeout: float = 60.0) -> None:
+        """Block until a pooled instance waits for its configuration (:meth:`configure`)."""
+        if not self._pooled:
+            raise StateError(f"instance {self.name!r} is not pooled")
+        deadline = time.monotonic() + timeout
+        while not self._pooled_evt.wait(0.05):
+            if self._exited.is_set() or time.monotonic() >= deadline:
+                self._state = InstanceState.FAILED
+                why = self._fail_reason or ("kernel exited during boot" if self._exited.is_set()
+                                            else f"not pooled {timeout:.0f} s after start")
+                self._teardown()
+                raise BootError(why, name=self.name, console_tail=self.console_tail())
+
+    @property
+    def waiting_for_config(self) -> bool:
+        """True while a pooled instance waits for :meth:`configure`."""
+        return self._pooled_evt.is_set() and not self._configured and not self._exited.is_set()
+
+    def configure(self, spec: InstanceSpec) -> None:
+        """Hand a pooled instance its configuration; returns at once (:meth:`wait_ready`).
+
+        ``spec`` must have the ports the instance booted with (same number and
+        MTUs: the kernel fixed them), the same memory and agent setting; its
+        name becomes the hostname (the kernel keeps its umid).  Everything
+        else (addresses, routes, hosts, setup, script, env) is ``spec``'s.
+        """
+        with self._lock:
+            if not self._pooled or self._configured:
+                raise StateError(f"instance {self.name!r}: configure() needs a pooled, unconfigured instance")
+            if not self.waiting_for_config or self._state is not InstanceState.BOOTING:
+                raise StateError(f"instance {self.name!r} is not waiting for a configuration")
+            blank = self.spec
+            mismatch = _pool_mismatch(blank, spec)
+            if mismatch:
+                raise ConfigError(f"instance {spec.name!r} does not fit pooled {blank.name!r}: {mismatch}")
+            self._configured = True
+            self.spec = spec
+        assert self._run_dir is not None and self._confinement is not None
+        _init, conf = self._write_guest_files(self._run_dir, self._confinement, conf_name="config.env")
+        self._confinement.prepare_run_dir(self._run_dir)
+        self.boot_started = time.monotonic()
+        os.write(self._fds[1], f"CONF {Path(conf).name}\n".encode())
+
     def boot(self, timeout: float = 60.0) -> Instance:
         """:meth:`start` then :meth:`wait_ready`."""
         self.start()
@@ -265,7 +317,10 @@ class Instance:
     # ---------------------------------------------------------------- internals
     def _spawn(self) -> None:
         spec = self.spec
-        confinement = self._confinement or choose_confinement()
+        confinement = self._confinement = self._confinement or choose_confinement()
+        if self._pooled and not guest_init().endswith("stdpkt-init"):
+            raise EnvironmentProblem("a pooled instance needs the C guest init (stdpkt-init), "
+                                     "not STDPKT_INIT=shell")
         if self._run_root is not None:
             run_dir = self._run_root / spec.name
             run_dir.mkdir(mode=0o700)
@@ -341,7 +396,9 @@ class Instance:
         )
         self._monitor.start()
 
-    def _write_guest_files(self, run_dir: Path, confinement: Confinement) -> tuple[str, str]:
+    def _write_guest_files(
+        self, run_dir: Path, confinement: Confinement, conf_name: str = "guest.env"
+    ) -> tuple[str, str]:
         spec = self.spec
         init = guest_init()
         agent = helper("stdpkt-agent") if spec.agent else ""
@@ -382,9 +439,11 @@ class Instance:
         if spec.setup:
             (run_dir / "setup.sh").write_text(spec.setup)
             values["STDPKT_SETUP"] = f"{GUEST_RUN_DIR}/setup.sh"
+        if self._pooled and not self._configured:
+            values["STDPKT_POOL"] = "1"
         for key, value in spec.env.items():
             values.setdefault(key, value)
-        conf = run_dir / "guest.env"
+        conf = run_dir / conf_name
         conf.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
         return init, str(conf)
 
@@ -408,7 +467,9 @@ class Instance:
 
     def _on_marker(self, text: str) -> None:
         word, _, rest = text.partition(" ")
-        if word == "READY":
+        if word == "POOLED":
+            self._pooled_evt.set()
+        elif word == "READY":
             if self.boot_started is not None:
                 self.boot_seconds = time.monotonic() - self.boot_started
             self._ready.set()
@@ -463,6 +524,22 @@ def guest_init() -> str:
             if choice == "c":
                 raise
     return str(lkl_dir() / "init.sh")
+
+
+def _pool_mismatch(blank: InstanceSpec, spec: InstanceSpec) -> str:
+    """Why ``spec`` cannot take a pooled instance booted as ``blank`` ('' when it can)."""
+    if len(spec.ports) != len(blank.ports):
+        return f"{len(spec.ports)} ports, the pool's instances have {len(blank.ports)}"
+    for mine, theirs in zip(spec.ports, blank.ports, strict=True):
+        if mine.tap is not None or mine.fd is not None:
+            return f"{mine.device} is a tap or a caller's socket (pooled ports are socketpairs)"
+        if mine.mtu != theirs.mtu:
+            return f"{mine.device} MTU {mine.mtu}, the pool's is {theirs.mtu}"
+    if spec.mem_mb != blank.mem_mb:
+        return f"mem_mb {spec.mem_mb}, the pool's is {blank.mem_mb}"
+    if spec.agent != blank.agent:
+        return "agent setting differs from the pool's"
+    return ""
 
 
 def _copy_into(path: str, run_dir: Path) -> str:
