@@ -32,7 +32,7 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 clean:
 	rm -rf $(VENV) build *.egg-info stdpkt_lab/_bin stdpkt_lab/relay/_relay*.so lkl/build

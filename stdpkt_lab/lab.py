@@ -374,4 +374,4 @@ def _parse_iptables_save(text: str) -> list[dict[str, Any]]:
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="instance", disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, unit="instance", disable=not enabled, leave=True)
