@@ -48,7 +48,7 @@ except ImportError:  # run from a checkout without installing
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from stdpkt_lab.engine.instance import Instance  # noqa: E402
+from stdpkt_lab.engine.instance import Instance, grow_socket_buffers  # noqa: E402
 from stdpkt_lab.engine.spec import InstanceSpec, PortSpec  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -121,9 +121,12 @@ def _parse_iperf(text: str) -> dict:
     if "end" not in report or "error" in report:
         return {"gbps": None, "error": report.get("error") or text[-300:]}
     end = report["end"]
+    sender = (end.get("streams") or [{}])[0].get("sender", {})
     return {
         "gbps": end["sum_received"]["bits_per_second"] / 1e9,
         "retransmits": end.get("sum_sent", {}).get("retransmits"),
+        "mean_rtt_us": sender.get("mean_rtt"),
+        "max_cwnd": sender.get("max_snd_cwnd"),
         "cpu": end.get("cpu_utilization_percent"),
     }
 
@@ -195,6 +198,8 @@ def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
 def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
     """The same two instances joined by one SOCK_SEQPACKET socketpair: no relay at all."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for end in (a, b):  # the buffers the engine gives its own port sockets
+        grow_socket_buffers(end)
     tag = f"{os.getpid()}-{mtu}"
     rx = Instance(InstanceSpec(
         f"gd-rx-{tag}", mem_mb=mem, script=work / "rx.sh",
@@ -341,7 +346,9 @@ def main() -> int:
         "goodput": {str(m): {p: {str(s): [] for s in sizes} for p in kernel_paths} for m in mtus},
         "pipe_limit": {},
         "errors": [],
+        "runs": [],
     }
+    details = result["runs"]
     raw = result["goodput"]
     total = len(mtus) * len(kernel_paths) * reps * len(sizes) + (len(mtus) if "limit" in paths else 0)
     timeout = 120 + len(sizes) * (seconds + omit + 15)
@@ -361,8 +368,9 @@ def main() -> int:
                     for path in kernel_paths:  # interleaved: noise hits every path alike
                         bar.set_postfix_str(f"rep {rep + 1}, MTU {mtu}, {path}")
 
-                        def got(size: int, r: dict, mtu: int = mtu, path: str = path) -> None:
+                        def got(size: int, r: dict, mtu: int = mtu, path: str = path, rep: int = rep) -> None:
                             raw[str(mtu)][path][str(size)].append(r["gbps"])
+                            details.append({"mtu": mtu, "path": path, "size": size, "rep": rep, **r})
                             if r["gbps"] is None:
                                 result["errors"].append(f"MTU {mtu} {path} {size}: {r.get('error')}")
                             bar.update(1)
