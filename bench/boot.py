@@ -2,7 +2,8 @@
 
     python bench/boot.py [--quick] [-n N] [--mem MB] [--no-agent] [--pool K]
 
-Instances are started one after the other and kept running. For each, the
+Instances are started one after the other (the next once the previous is
+up: agent answering, "@@STDPKT READY") and kept running. For each, the
 clock starts when ``Instance.start()`` is called (run directory, guest files,
 launcher, kernel: everything the engine does) and stops when the first frame
 arrives on the host end of its port socket: the guest's gratuitous ARP as its
@@ -226,17 +227,17 @@ def main() -> int:
                 live.append(inst)
                 frame_s = first_frame(inst, t0, args.timeout)
                 assert inst.boot_started is not None
+                # in sequence: the next starts once this one is up (agent, READY)
+                inst.wait_ready(args.timeout)
                 rows.append({
                     "id": i,
                     "start_to_frame_ms": round(frame_s * 1000, 2),
                     "spawn_to_frame_ms": round((t0 + frame_s - inst.boot_started) * 1000, 2),
+                    "ready_ms": round((inst.boot_seconds or float("nan")) * 1000, 2),
                     "pid": inst.pid,
                 })
                 bar.update(1)
                 bar.set_postfix_str(f"last {frame_s * 1000:.0f} ms")
-            for inst, row in zip(live, rows, strict=True):
-                inst.wait_ready(args.timeout)
-                row["ready_ms"] = round((inst.boot_seconds or float("nan")) * 1000, 2)
             time.sleep(1.0)  # let the last ones settle before memory is read
             pss = pss_by_launcher([r["pid"] for r in rows])
             for row in rows:
