@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 import networkx as nx
+from bokeh.core.properties import field
 from bokeh.models import ColumnDataSource, HoverTool, MultiLine, Range1d, Scatter
 from bokeh.models.annotations import LabelSet
 from bokeh.plotting import figure, from_networkx
@@ -66,9 +67,10 @@ class ChainGraph:
         self.edges: list[LinkKey] = [frozenset(e) for e in g.edges]
         layout: dict[int | str, Sequence[float]] = {k: v for k, v in pos.items()}
         renderer = from_networkx(g, layout)
-        renderer.node_renderer.glyph = Scatter(size=34, fill_color="colour", line_color="#333333",
+        renderer.node_renderer.glyph = Scatter(size=34, fill_color=field("colour"), line_color="#333333",
                                                line_width=1.5)
-        renderer.edge_renderer.glyph = MultiLine(line_width="width", line_color="colour", line_alpha=0.9)
+        renderer.edge_renderer.glyph = MultiLine(line_width=field("width"), line_color=field("colour"),
+                                                 line_alpha=0.9)
         self.node_source = cast(ColumnDataSource, renderer.node_renderer.data_source)
         self.edge_source = cast(ColumnDataSource, renderer.edge_renderer.data_source)
 
