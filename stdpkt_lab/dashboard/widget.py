@@ -94,6 +94,9 @@ class Dashboard(widgets.VBox):
 
         self.links: list[tuple[str, str]] = [(lp.a, lp.b) for lp in lab.plan.links]
         self.graph = ChainGraph(lab.plan)
+        # the states as they are now, before the first serialisation: a node whose state
+        # never changes again would otherwise be drawn in the "created" colour for good
+        self.graph.update({n: i.state.value for n, i in lab.instances.items()}, {})
         self.rates = RatePlots([f"{a}-{b}" for a, b in self.links], keep=int(window_s * rate_hz),
                                window_s=window_s)
         self.plots = LiveBokehModel(row(self.graph.figure, column(self.rates.pps, self.rates.bps)),
