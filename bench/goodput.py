@@ -13,6 +13,8 @@ Paths, measured in the same run and interleaved repetition by repetition:
   SOCK_SEQPACKET socketpair, no relay (``PortSpec(fd=...)``).
 * ``limit``  the pipe's ceiling: the bare pcap pump (bench/pipe_pump.py), no
   kernels, frames of MTU + 14 bytes.
+* ``relay``  (diagnostic, not in the default set) one in-process C relay
+  between the two instances (a Link: one pump per direction, no pipe).
 
 iperf3 runs inside the instances (``-l`` = write size; the iperf3 server reads
 with the same size). Goodput is iperf3's receiver-side figure. Writes
@@ -225,6 +227,34 @@ def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: fl
         rx.stop()
 
 
+def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
+    """Diagnostic: the two instances joined by one in-process C relay (a Link: one pump per
+    direction, no pipe), to split the pipe path's cost between relaying and the pipe hop."""
+    from stdpkt_lab.engine.links import Link
+
+    tag = f"{os.getpid()}-{mtu}"
+    rx = Instance(InstanceSpec(f"gr-rx-{tag}", mem_mb=mem, script=work / "rx.sh",
+                               ports=(PortSpec(0, ipaddress.IPv4Interface(RX_ADDR), mtu),)))
+    tx = Instance(InstanceSpec(f"gr-tx-{tag}", mem_mb=mem, script=work / "tx.sh", oneshot=True,
+                               ports=(PortSpec(0, ipaddress.IPv4Interface(TX_ADDR), mtu),)),
+                  on_console=collector.feed)
+    link: Link | None = None
+    try:
+        rx.start()
+        tx.start()
+        link = Link(tx, 0, rx, 0, trace_slots=256)
+        link.start()
+        rx.wait_ready()
+        tx.wait_ready()
+        if tx.wait(timeout) is None:
+            raise TimeoutError(f"relay sweep at MTU {mtu} did not finish in {timeout:.0f} s")
+    finally:
+        if link is not None:
+            link.stop()
+        tx.stop()
+        rx.stop()
+
+
 # ------------------------------------------------------------------ the pipe's own ceiling
 
 
@@ -282,7 +312,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {"pipe": "-o", "direct": "--s"}
+    styles = {"pipe": "-o", "direct": "--s", "relay": ":^"}
     colours = {65500: "tab:blue", 1500: "tab:orange"}
     for mtu_key, per_path in result["goodput"].items():
         mtu = int(mtu_key)
@@ -336,8 +366,8 @@ def main() -> int:
     seconds = args.seconds or (2.0 if args.quick else 3.0)
     omit = 0 if args.quick else 1
     paths = [p for p in args.paths.split(",") if p]
-    kernel_paths = [p for p in paths if p in ("pipe", "direct")]
-    runners = {"pipe": run_pipe, "direct": run_direct}
+    kernel_paths = [p for p in paths if p in ("pipe", "direct", "relay")]
+    runners = {"pipe": run_pipe, "direct": run_direct, "relay": run_relay}
 
     result: dict = {
         "machine": machine(),
