@@ -60,13 +60,14 @@ def spec_for(i: int, mem: int, agent: bool) -> InstanceSpec:
 def first_frame(inst: Instance, t0: float, timeout: float) -> float:
     """Seconds from t0 until the instance's port delivers a frame."""
     sock = inst.port(0)
+    poller = select.poll()  # not select(): a thousand instances hold descriptors past 1024
+    poller.register(sock, select.POLLIN)
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"{inst.name}: no frame {timeout:.0f} s after start")
-        ready, _, _ = select.select([sock], [], [], min(left, 0.5))
-        if ready:
+        if poller.poll(min(left, 0.5) * 1000):
             now = time.monotonic()
             sock.recv(65536, socket.MSG_DONTWAIT)
             return now - t0

@@ -244,8 +244,10 @@ class AgentClient:
                 return
             self._fail_locked(_Failure(InstanceDied, "agent channel closed"))
             thread = self._thread
-        if self._wake_w >= 0:
-            os.write(self._wake_w, b"x")
+            # under the lock: a concurrent close() (the console monitor when the kernel
+            # ends, and stop()) must not close the pipe between the check and the write
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5.0)
         with self._write_lock, self._lock:
