@@ -225,6 +225,7 @@ def main() -> int:
                 inst = Instance(spec_for(i, args.mem, agent))
                 t0 = time.monotonic()
                 inst.start()
+                started = time.monotonic()
                 live.append(inst)
                 frame_s = first_frame(inst, t0, args.timeout)
                 assert inst.boot_started is not None
@@ -234,6 +235,7 @@ def main() -> int:
                     "id": i,
                     "start_to_frame_ms": round(frame_s * 1000, 2),
                     "spawn_to_frame_ms": round((t0 + frame_s - inst.boot_started) * 1000, 2),
+                    "start_call_ms": round((started - t0) * 1000, 2),  # our side: files, launcher spawn
                     "ready_ms": round((inst.boot_seconds or float("nan")) * 1000, 2),
                     "pid": inst.pid,
                 })
