@@ -106,6 +106,24 @@ static int apply_landlock(char **rw, int nrw) {
  * (SIGTERM), waits up to 3 s, then SIGKILLs every process left below it. */
 static pid_t kernel_pid = -1;
 
+/* the parent pid of pid, from /proc (0 if unknown) */
+static pid_t parent_of(pid_t pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *close = strrchr(buf, ')');
+    int ppid = 0;
+    if (!close || sscanf(close + 1, " %*c %d", &ppid) != 1) return 0;
+    return (pid_t)ppid;
+}
+
+/* linux.uml may move itself into a session of its own, so its helpers are not all in
+   our process group; as a subreaper we inherit them once the kernel is gone, so our
+   own children are signalled too (the loop repeats until none is left). */
 static void kill_descendants(int sig) {
     /* our descendants all share our process group (the session stdpkt made):
        signal every member but ourselves */
@@ -116,7 +134,7 @@ static void kill_descendants(int sig) {
     while ((de = readdir(proc)) != NULL) {
         pid_t pid = (pid_t)atol(de->d_name);
         if (pid <= 0 || pid == self) continue;
-        if (getpgid(pid) == group) kill(pid, sig);
+        if (getpgid(pid) == group || parent_of(pid) == self) kill(pid, sig);
     }
     closedir(proc);
 }
