@@ -19,11 +19,20 @@
  *     --cleanup DIR: then also remove DIR (the run directory).
  *   - --no-aslr: personality(ADDR_NO_RANDOMIZE): linux.uml is PIE and wastes
  *     guest memory (or fails to boot with small mem=) at random addresses.
+ *   - always, on hosts whose XSAVE area is not the 832 bytes UML 6.1 assumes
+ *     (AVX-512, AMX, PKU: see fpregs_fallback()): a seccomp filter that makes
+ *     ptrace's NT_X86_XSTATE regset fail, so the kernel falls back to the
+ *     FXSAVE registers. Without it every guest process dies at its first
+ *     context switch ("ptrace set fp regs failed, errno = 14", init killed).
  * Exit status: the kernel's; 126 and a one-line message on stderr when
  * confinement fails.
  */
 #define _GNU_SOURCE
+#include <cpuid.h>
 #include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -78,6 +87,54 @@ static int allow_beneath(int ruleset, const char *path, __u64 rights) {
     int rc = (int)syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &pb, 0);
     close(pb.parent_fd);
     return rc;
+}
+
+/*
+ * Debian's UML 6.1 saves and restores a guest process's FPU state with
+ * PTRACE_{GET,SET}REGSET(NT_X86_XSTATE) and a buffer of sizeof(struct _xstate)
+ * = 832 bytes (x87/SSE + header + AVX).  The host kernel accepts SETREGSET only
+ * with a buffer of exactly its own XSAVE size (arch/x86/kernel/fpu/regset.c:
+ * "count != fpu_user_cfg.max_size -> -EFAULT"), which is larger on hosts with
+ * AVX-512, AMX or PKU.  UML enables the xstate path when a probing GETREGSET
+ * succeeds (arch_init_registers), so refusing that regset with EIO makes it use
+ * PTRACE_{GET,SET}FPREGS (the 512-byte FXSAVE area), which every x86-64 host
+ * accepts.  Vector state beyond XMM is then not switched between threads of one
+ * guest process (each guest process is its own host process, whose full state
+ * the host keeps); the guest init therefore tells glibc not to pick AVX
+ * routines (GLIBC_TUNABLES), see lkl/init.c.
+ */
+#define UML_XSTATE_SIZE 832u
+/* glibc in guest processes: no AVX string/memory routines (see above) */
+#define GUEST_TUNABLES "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4"
+#define PTRACE_GETREGSET_ 0x4204
+#define PTRACE_SETREGSET_ 0x4205
+#define NT_X86_XSTATE_ 0x202
+
+static int fpregs_fallback_needed(void) {
+#if defined(__x86_64__)
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(0xd, 0, &eax, &ebx, &ecx, &edx)) return 0;
+    return ebx != 0 && ebx != UML_XSTATE_SIZE;
+#else
+    return 0;
+#endif
+}
+
+static int fpregs_fallback(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ptrace, 0, 5),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PTRACE_GETREGSET_, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PTRACE_SETREGSET_, 0, 2),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NT_X86_XSTATE_, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EIO),
+    };
+    struct sock_fprog prog = {(unsigned short)(sizeof f / sizeof f[0]), f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
 }
 
 static int apply_landlock(char **rw, int nrw) {
@@ -247,7 +304,18 @@ int main(int argc, char **argv) {
             fprintf(stderr, "stdpkt-launch: Landlock is not available on this host kernel\n");
             _exit(126);
         }
-        execvp(argv[i], &argv[i]);
+        char **args = &argv[i];
+        if (fpregs_fallback_needed()) {
+            if (fpregs_fallback() < 0) die("seccomp (FPU register fallback)");
+            /* one more KEY=VALUE on the kernel command line: it reaches the guest
+               init's environment, and so every guest process's */
+            int n = argc - i;
+            args = calloc((size_t)n + 2, sizeof *args);
+            if (!args) die("calloc");
+            memcpy(args, &argv[i], (size_t)n * sizeof *args);
+            args[n] = (char *)GUEST_TUNABLES;
+        }
+        execvp(args[0], args);
         die(argv[i]);
     }
     return supervise(cleanup, (pid_t)parent);

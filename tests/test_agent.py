@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from stdpkt_lab.engine.agent import AgentClient, ExecResult
+from stdpkt_lab.engine.paths import helper
 from stdpkt_lab.errors import ExecError, ExecTimeout, InstanceDied, StateError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,9 @@ class Guest:
         guest_r, host_w = os.pipe()  # host -> guest (con1 input)
         host_r, guest_w = os.pipe()  # guest -> host (con1 output)
         argv = [
-            LINUX_UML, "mem=64M", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
+            # the launcher (unconfined here) applies the host-specific kernel fixes
+            # every instance gets, e.g. the FPU register fallback (lkl/launch.c)
+            helper("stdpkt-launch"), "--", LINUX_UML, "mem=64M", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
             f"init={agent_dir / 'init.sh'}", "con=null", "con0=fd:0,fd:1",
             f"con1=fd:{guest_r},fd:{guest_w}", "ssl=null", f"uml_dir={self.run_dir}",
             f"umid={name}", "quiet", "initcall_blacklist=raid6_select_algo,init_zswap",
