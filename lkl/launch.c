@@ -16,6 +16,8 @@
  *   - --parent PID: the launcher stays as the kernel's supervisor (a child
  *     subreaper) and stops it when PID (the thread that started us) ends, so
  *     a killed stdpkt never leaves a guest or its helper processes behind;
+ *     SIGUSR1 is the owner's own request to stop (the owner then removes
+ *     the run directory); SIGTERM, SIGINT, SIGHUP stop the kernel too.
  *     --cleanup DIR: then also remove DIR (the run directory), its sibling
  *     files DIR.owner and DIR.created and the FIFOs that ledger names, and a
  *     Lab's stdpkt-lab-* root once it is empty (stdpkt_lab/engine/ownership.py).
@@ -287,15 +289,17 @@ static int supervise(const char *cleanup, pid_t parent) {
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
-    int kernel_status = 0, stopping = 0;
+    sigaddset(&set, SIGUSR1);
+    int kernel_status = 0, stopping = 0, owner_stop = 0;
     struct timespec tick = {0, 100 * 1000 * 1000};
     int ticks_left = 30;
     for (;;) {
         siginfo_t info;
         int sig = sigtimedwait(&set, &info, &tick);
-        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGUSR1) {
             if (!stopping && kernel_pid > 0) kill(kernel_pid, SIGTERM);
             stopping = 1;
+            if (sig == SIGUSR1) owner_stop = 1;
         }
         if (reap_all(&kernel_status) < 0) break; /* no children left at all */
         if (kernel_pid < 0) {
@@ -305,7 +309,16 @@ static int supervise(const char *cleanup, pid_t parent) {
             kill(kernel_pid, SIGKILL);
         }
     }
-    if (cleanup && getppid() != parent) remove_run_dir(cleanup);
+    /* SIGUSR1 is the owner's own stop (Instance teardown): it removes the run
+       directory itself.  Any other stop may be the parent-death signal, which
+       comes when the *thread* that started us ends: while its process is exiting
+       (SIGKILL ends threads one by one) getppid() is still that process for a
+       moment, so wait (up to 5 s) for it to be gone before deciding. */
+    if (cleanup && parent > 0 && (getppid() != parent || (stopping && !owner_stop))) {
+        struct timespec pause = {0, 50 * 1000 * 1000};
+        for (int i = 0; i < 100 && getppid() == parent; i++) nanosleep(&pause, NULL);
+        if (getppid() != parent) remove_run_dir(cleanup);
+    }
     if (WIFEXITED(kernel_status)) return WEXITSTATUS(kernel_status);
     if (WIFSIGNALED(kernel_status)) return 128 + WTERMSIG(kernel_status);
     return 1;
@@ -341,6 +354,7 @@ int main(int argc, char **argv) {
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
     sigprocmask(SIG_BLOCK, &set, &old);
     if (parent > 0) {
         if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0) die("PR_SET_PDEATHSIG");

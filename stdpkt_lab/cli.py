@@ -123,7 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif signals:
             status = 128 + signals[0]
         elif instance.exited:
-            _say(f"stdpkt: {config.spec.name}: the instance ended unexpectedly")
+            why = instance.death_reason
+            _say(f"stdpkt: {config.spec.name}: the instance ended unexpectedly"
+                 + (f": {why}" if why else ""))
             tail = instance.console_tail(15)
             if tail:
                 _say(tail)

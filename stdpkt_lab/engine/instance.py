@@ -297,11 +297,39 @@ class Instance:
         self, cmd: str | Sequence[str], *, timeout: float | None = 30.0, input: bytes | None = None
     ) -> ExecResult:
         """Run ``cmd`` inside the guest (a string goes through /bin/sh -c)."""
-        return self._require_agent().exec(cmd, timeout=timeout, input=input)
+        agent = self._require_agent()
+        try:
+            return agent.exec(cmd, timeout=timeout, input=input)
+        except InstanceDied as exc:
+            raise self._died(exc) from exc
 
     def read_file(self, path: str, *, timeout: float = 5.0) -> bytes:
         """Read a guest file without starting a process in the guest."""
-        return self._require_agent().read_file(path, timeout=timeout)
+        agent = self._require_agent()
+        try:
+            return agent.read_file(path, timeout=timeout)
+        except InstanceDied as exc:
+            raise self._died(exc) from exc
+
+    @property
+    def death_reason(self) -> str | None:
+        """Why the kernel ended, when its console says (full run directory, panic)."""
+        tail = list(self._tail)
+        if any("ran out of space" in line for line in tail):
+            return (f"the kernel died: the file system of its run directory {self._run_dir} is full "
+                    "(guest memory is a file there): free space, or set STDPKT_RUNDIR")
+        panic = next((line for line in tail if line.startswith("Kernel panic")), None)
+        if panic:
+            return f"the kernel panicked: {panic}"
+        return None
+
+    def _died(self, exc: InstanceDied) -> InstanceDied:
+        """``exc`` with the reason the console gives, once the kernel has ended (<= 2 s)."""
+        self._exited.wait(2.0)
+        reason = self.death_reason
+        if reason is None:
+            return exc
+        return InstanceDied(reason, name=self.name, console_tail=self.console_tail())
 
     @property
     def agent(self) -> AgentClient:
@@ -635,7 +663,8 @@ def _end_processes(proc: subprocess.Popen[bytes], run_dir: Path | None, timeout:
     """End everything the instance started: the launcher, the kernel (which lives in a
     session of its own, so no process-group signal reaches it) and its helpers.
 
-    SIGTERM to the launcher: it stops the kernel (SIGTERM, then SIGKILL of every
+    SIGUSR1 to the launcher (the owner's stop; SIGTERM would make it wait to see
+    whether we are dying, see lkl/launch.c): it stops the kernel (SIGTERM, then SIGKILL of every
     process below it after 3 s) and exits only once it has no descendant left (it
     is their subreaper). If it has not exited after ``timeout``, everything below
     it is SIGKILLed by pid, then the launcher. If the launcher itself was killed
@@ -643,7 +672,7 @@ def _end_processes(proc: subprocess.Popen[bytes], run_dir: Path | None, timeout:
     process still marked with the run directory (``TMPDIR``) is SIGKILLed.
     """
     if proc.poll() is None:
-        _signal([proc.pid], signal.SIGTERM)
+        _signal([proc.pid], signal.SIGUSR1)  # the owner's stop: we remove the run dir
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
