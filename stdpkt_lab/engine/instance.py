@@ -11,6 +11,14 @@ pipes or to other instances.  Lifecycle::
 The constructor does no I/O; :meth:`start` spawns; :meth:`stop` is idempotent
 and removes every process, descriptor and file the instance made.
 
+Ownership (see :mod:`stdpkt_lab.engine.ownership`): the run directory has an
+owner file naming this process and the instance's launcher (``stdpkt-launch``);
+the launcher supervises the kernel, which runs in a session of its own, and
+removes the run directory if this process dies. :meth:`stop` signals by pid,
+never by process group: SIGUSR1 to the launcher, after a timeout SIGKILL to
+every descendant, and if the launcher itself was killed, to every process
+still marked with the run directory (``TMPDIR``).
+
 A *pooled* instance (``pooled=True``, see :mod:`stdpkt_lab.engine.pool`) boots
 with a blank spec (ports only) and waits in BOOTING (:meth:`wait_pooled`) until
 :meth:`configure` hands it its real spec; it then goes on as any other.
