@@ -45,7 +45,8 @@ mount -t tmpfs -o mode=755 varlog /var/log
 rel=$(uname -r)
 mkdir -p /run/stdpkt/bin /run/stdpkt/mod/lib/modules
 ln -s "/usr/lib/uml/modules/$rel" "/run/stdpkt/mod/lib/modules/$rel"
-printf '#!/bin/sh\nexec /sbin/modprobe -d /run/stdpkt/mod "$@"\n' > /run/stdpkt/bin/modprobe
+# (with the launcher's GLIBC_TUNABLES: the kernel gives modprobe its own environment)
+printf '#!/bin/sh\nexport GLIBC_TUNABLES=%s\nexec /sbin/modprobe -d /run/stdpkt/mod "$@"\n' "'${GLIBC_TUNABLES:-}'" > /run/stdpkt/bin/modprobe
 chmod 755 /run/stdpkt/bin/modprobe
 echo /run/stdpkt/bin/modprobe > /proc/sys/kernel/modprobe
 

@@ -16,7 +16,14 @@
  *   - --parent PID: the launcher stays as the kernel's supervisor (a child
  *     subreaper) and stops it when PID (the thread that started us) ends, so
  *     a killed stdpkt never leaves a guest or its helper processes behind;
- *     --cleanup DIR: then also remove DIR (the run directory).
+ *     SIGUSR1 is the owner's own request to stop (the owner then removes
+ *     the run directory); SIGTERM, SIGINT, SIGHUP stop the kernel too.
+ *     --cleanup DIR: then also remove DIR (the run directory), its sibling
+ *     files DIR.owner and DIR.created and the FIFOs that ledger names, and a
+ *     Lab's stdpkt-lab-* root once it is empty (stdpkt_lab/engine/ownership.py).
+ *     The kernel gets PR_SET_PDEATHSIG=SIGTERM, so a SIGKILLed launcher still
+ *     takes it down (linux.uml runs in a session of its own: no group signal
+ *     sent to the launcher reaches it).
  *   - --no-aslr: personality(ADDR_NO_RANDOMIZE): linux.uml is PIE and wastes
  *     guest memory (or fails to boot with small mem=) at random addresses.
  *   - always, on hosts whose XSAVE area is not the 832 bytes UML 6.1 assumes
@@ -45,6 +52,7 @@
 #include <sys/personality.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -208,6 +216,66 @@ static int reap_all(int *kernel_status) {
     return pid < 0 && errno == ECHILD ? -1 : n;
 }
 
+/* ---- the run directory, when stdpkt died and cannot remove it (engine/ownership.py) ----
+ * D has two sibling files the guest cannot reach: D.owner (its owners' pid and
+ * start time) and D.created (FIFOs made for IFn: "DEV INO PATH", or "- - PATH"
+ * for a temporary name of ours recorded before it was made). */
+static void remove_created(const char *dir) {
+    char ledger[4200], line[4400];
+    snprintf(ledger, sizeof ledger, "%s.created", dir);
+    FILE *f = fopen(ledger, "r");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        char dev[32], ino[32];
+        int off = 0;
+        line[strcspn(line, "\n")] = 0;
+        if (sscanf(line, "%31s %31s %n", dev, ino, &off) != 2 || off <= 0) continue;
+        const char *path = line + off;
+        struct stat st;
+        if (lstat(path, &st) < 0 || !S_ISFIFO(st.st_mode)) continue;
+        if (strcmp(dev, "-") && (strtoull(dev, NULL, 10) != (unsigned long long)st.st_dev ||
+                                 strtoull(ino, NULL, 10) != (unsigned long long)st.st_ino)) continue;
+        unlink(path);
+    }
+    fclose(f);
+    unlink(ledger);
+}
+
+/* true if DIR has no entry at all */
+static int dir_is_empty(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int empty = 1;
+    if (!d) return 0;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) { empty = 0; break; }
+    closedir(d);
+    return empty;
+}
+
+static void remove_run_dir(const char *dir) {
+    char path[4200];
+    remove_created(dir);
+    char *argv[] = {"rm", "-rf", "--", (char *)dir, NULL};
+    pid_t pid = fork();
+    if (pid == 0) { execvp("rm", argv); execv("/bin/rm", argv); _exit(127); }
+    if (pid > 0) waitpid(pid, NULL, 0);
+    snprintf(path, sizeof path, "%s.owner", dir);
+    unlink(path);
+    /* an instance of a Lab: remove the lab's root too once it is empty */
+    char up[4096];
+    snprintf(up, sizeof up, "%s", dir);
+    char *slash = strrchr(up, '/');
+    if (!slash) return;
+    *slash = 0;
+    const char *base = strrchr(up, '/');
+    if (!base || strncmp(base + 1, "stdpkt-lab-", 11) || !dir_is_empty(up)) return;
+    if (rmdir(up) == 0) {
+        snprintf(path, sizeof path, "%s.owner", up);
+        unlink(path);
+    }
+}
+
 static int supervise(const char *cleanup, pid_t parent) {
     sigset_t set;
     sigemptyset(&set);
@@ -215,15 +283,17 @@ static int supervise(const char *cleanup, pid_t parent) {
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
-    int kernel_status = 0, stopping = 0;
+    sigaddset(&set, SIGUSR1);
+    int kernel_status = 0, stopping = 0, owner_stop = 0;
     struct timespec tick = {0, 100 * 1000 * 1000};
     int ticks_left = 30;
     for (;;) {
         siginfo_t info;
         int sig = sigtimedwait(&set, &info, &tick);
-        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGUSR1) {
             if (!stopping && kernel_pid > 0) kill(kernel_pid, SIGTERM);
             stopping = 1;
+            if (sig == SIGUSR1) owner_stop = 1;
         }
         if (reap_all(&kernel_status) < 0) break; /* no children left at all */
         if (kernel_pid < 0) {
@@ -233,21 +303,15 @@ static int supervise(const char *cleanup, pid_t parent) {
             kill(kernel_pid, SIGKILL);
         }
     }
-    if (cleanup && getppid() != parent) {
-        /* stdpkt is gone and cannot remove the run directory: do it, and its
-           lab directory too once that is empty */
-        char *argv[] = {"rm", "-rf", "--", (char *)cleanup, NULL};
-        pid_t pid = fork();
-        if (pid == 0) { execvp("rm", argv); _exit(127); }
-        if (pid > 0) waitpid(pid, NULL, 0);
-        char up[4096];
-        snprintf(up, sizeof up, "%s", cleanup);
-        char *slash = strrchr(up, '/');
-        if (slash) {
-            *slash = 0;
-            const char *base = strrchr(up, '/');
-            if (base && !strncmp(base + 1, "stdpkt-lab-", 11)) rmdir(up);
-        }
+    /* SIGUSR1 is the owner's own stop (Instance teardown): it removes the run
+       directory itself.  Any other stop may be the parent-death signal, which
+       comes when the *thread* that started us ends: while its process is exiting
+       (SIGKILL ends threads one by one) getppid() is still that process for a
+       moment, so wait (up to 5 s) for it to be gone before deciding. */
+    if (cleanup && parent > 0 && (getppid() != parent || (stopping && !owner_stop))) {
+        struct timespec pause = {0, 50 * 1000 * 1000};
+        for (int i = 0; i < 100 && getppid() == parent; i++) nanosleep(&pause, NULL);
+        if (getppid() != parent) remove_run_dir(cleanup);
     }
     if (WIFEXITED(kernel_status)) return WEXITSTATUS(kernel_status);
     if (WIFSIGNALED(kernel_status)) return 128 + WTERMSIG(kernel_status);
@@ -284,12 +348,14 @@ int main(int argc, char **argv) {
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
     sigprocmask(SIG_BLOCK, &set, &old);
     if (parent > 0) {
         if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0) die("PR_SET_PDEATHSIG");
         if (getppid() != (pid_t)parent) { fprintf(stderr, "stdpkt-launch: parent %ld already gone\n", parent); return 126; }
     }
     if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) die("PR_SET_CHILD_SUBREAPER");
+    pid_t supervisor = getpid();
     kernel_pid = fork();
     if (kernel_pid < 0) die("fork");
     if (kernel_pid == 0) {
@@ -301,6 +367,12 @@ int main(int argc, char **argv) {
             if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0) die("setresgid");
         }
         if (uid >= 0 && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0) die("setresuid");
+        /* If the supervisor itself is SIGKILLed, the kernel (in a session of its own,
+           which linux.uml makes) would run on with parent 1: SIGTERM it then, which UML
+           handles by halting and ending its helpers. Set after the uid change, which
+           clears it; checked against a supervisor that died just before. */
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0) die("PR_SET_PDEATHSIG");
+        if (getppid() != supervisor) _exit(126);
         /* Landlock only when asked for (--rw names where writes stay allowed) */
         if (nrw > 0 && apply_landlock(rw, nrw) < 0 && require_ll) {
             fprintf(stderr, "stdpkt-launch: Landlock is not available on this host kernel\n");

@@ -86,8 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         signals.append(signum)
         stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # SIGHUP (the terminal closed) too: a clean stop; SIGKILL is the launcher's
+    # and the owner files' business (engine/ownership.py)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def on_end(_port: PipePort, why: str) -> None:
@@ -102,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         instance.start()
         for ends in config.pipes:
-            port = PipePort(ends, instance.port(ends.index), streams=streams, on_end=on_end)
+            port = PipePort(ends, instance.port(ends.index), streams=streams, on_end=on_end,
+                            ledger=instance.run_dir)
             ports.append(port)
             port.start()
         deadline = time.monotonic() + args.boot_timeout
@@ -120,7 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif signals:
             status = 128 + signals[0]
         elif instance.exited:
-            _say(f"stdpkt: {config.spec.name}: the instance ended unexpectedly")
+            why = instance.death_reason
+            _say(f"stdpkt: {config.spec.name}: the instance ended unexpectedly"
+                 + (f": {why}" if why else ""))
             tail = instance.console_tail(15)
             if tail:
                 _say(tail)
@@ -162,9 +167,11 @@ def cmd_check(_args: argparse.Namespace) -> int:
     print(f"agent:       {helper('stdpkt-agent')}")
     print(f"landlock:    ABI {landlock_abi()}")
     print(f"confinement: {choose_confinement().mode}")
+    from .engine.ownership import remove_run_dir
+
     run_root = make_run_root(prefix="stdpkt-check-")
     print(f"run dir:     {run_root.parent}")
-    run_root.rmdir()
+    remove_run_dir(run_root)
     return 0
 
 

@@ -16,7 +16,6 @@ initialisation).  :meth:`Lab.stop` is idempotent.
 from __future__ import annotations
 
 import enum
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .describe import ChainPlan, build_plan
 from .engine.instance import Instance
 from .engine.links import Link
+from .engine.ownership import remove_run_dir
 from .engine.paths import make_run_root
 from .errors import StateError
 from .observe import Journey, Sampler, Subscription, follow_packet, records, to_packets, write_pcap
@@ -185,7 +185,7 @@ class Lab:
             with ThreadPoolExecutor(max_workers=min(16, len(self._instances))) as pool:
                 list(pool.map(lambda i: i.stop(), self._instances.values()))
         if self._run_root is not None:
-            shutil.rmtree(self._run_root, ignore_errors=True)
+            remove_run_dir(self._run_root)  # with its owner file (engine/ownership.py)
             self._run_root = None
 
     def __enter__(self) -> Lab:

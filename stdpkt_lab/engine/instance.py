@@ -11,6 +11,14 @@ pipes or to other instances.  Lifecycle::
 The constructor does no I/O; :meth:`start` spawns; :meth:`stop` is idempotent
 and removes every process, descriptor and file the instance made.
 
+Ownership (see :mod:`stdpkt_lab.engine.ownership`): the run directory has an
+owner file naming this process and the instance's launcher (``stdpkt-launch``);
+the launcher supervises the kernel, which runs in a session of its own, and
+removes the run directory if this process dies. :meth:`stop` signals by pid,
+never by process group: SIGUSR1 to the launcher, after a timeout SIGKILL to
+every descendant, and if the launcher itself was killed, to every process
+still marked with the run directory (``TMPDIR``).
+
 A *pooled* instance (``pooled=True``, see :mod:`stdpkt_lab.engine.pool`) boots
 with a blank spec (ports only) and waits in BOOTING (:meth:`wait_pooled`) until
 :meth:`configure` hands it its real spec; it then goes on as any other.
@@ -26,6 +34,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,12 +46,11 @@ from . import bootprofile
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
 from .mconsole import MConsole
+from .ownership import add_owner, create_owned_subdir, kill_marked, remove_run_dir
 from .paths import helper, kernel_binary, lkl_dir, make_run_root
 from .spec import InstanceSpec
 
 if TYPE_CHECKING:
-    import subprocess
-
     from .agent import AgentClient, ExecResult
 
 __all__ = ["Instance", "InstanceState"]
@@ -297,11 +305,39 @@ class Instance:
         self, cmd: str | Sequence[str], *, timeout: float | None = 30.0, input: bytes | None = None
     ) -> ExecResult:
         """Run ``cmd`` inside the guest (a string goes through /bin/sh -c)."""
-        return self._require_agent().exec(cmd, timeout=timeout, input=input)
+        agent = self._require_agent()
+        try:
+            return agent.exec(cmd, timeout=timeout, input=input)
+        except InstanceDied as exc:
+            raise self._died(exc) from exc
 
     def read_file(self, path: str, *, timeout: float = 5.0) -> bytes:
         """Read a guest file without starting a process in the guest."""
-        return self._require_agent().read_file(path, timeout=timeout)
+        agent = self._require_agent()
+        try:
+            return agent.read_file(path, timeout=timeout)
+        except InstanceDied as exc:
+            raise self._died(exc) from exc
+
+    @property
+    def death_reason(self) -> str | None:
+        """Why the kernel ended, when its console says (full run directory, panic)."""
+        tail = list(self._tail)
+        if any("ran out of space" in line for line in tail):
+            return (f"the kernel died: the file system of its run directory {self._run_dir} is full "
+                    "(guest memory is a file there): free space, or set STDPKT_RUNDIR")
+        panic = next((line for line in tail if line.startswith("Kernel panic")), None)
+        if panic:
+            return f"the kernel panicked: {panic}"
+        return None
+
+    def _died(self, exc: InstanceDied) -> InstanceDied:
+        """``exc`` with the reason the console gives, once the kernel has ended (<= 2 s)."""
+        self._exited.wait(2.0)
+        reason = self.death_reason
+        if reason is None:
+            return exc
+        return InstanceDied(reason, name=self.name, console_tail=self.console_tail())
 
     @property
     def agent(self) -> AgentClient:
@@ -322,8 +358,7 @@ class Instance:
             raise EnvironmentProblem("a pooled instance needs the C guest init (stdpkt-init), "
                                      "not STDPKT_INIT=shell")
         if self._run_root is not None:
-            run_dir = self._run_root / spec.name
-            run_dir.mkdir(mode=0o700)
+            run_dir = create_owned_subdir(self._run_root, spec.name)
         else:
             run_dir = make_run_root(prefix=f"stdpkt-{spec.name}-")
         self._run_dir = run_dir
@@ -390,6 +425,7 @@ class Instance:
                 env=env,
                 close_fds=True,
             )
+            add_owner(run_dir, self._proc.pid)  # it removes run_dir if we are killed
         finally:
             for fd in guest_fds:
                 os.close(fd)
@@ -491,7 +527,7 @@ class Instance:
     def _teardown(self, timeout: float = 5.0) -> None:
         proc = self._proc
         if proc is not None:
-            _end_process_group(proc, timeout)
+            _end_processes(proc, self._run_dir, timeout)
         if self._agent is not None:
             self._agent.close()
         if self._mconsole is not None:
@@ -508,7 +544,7 @@ class Instance:
             _close_quietly(self._fds[0])
         self._exited.set()
         if self._run_dir is not None and self._owns_run_dir:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+            remove_run_dir(self._run_dir)
             self._owns_run_dir = False
 
 
@@ -596,41 +632,65 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (its threads' ``children`` lists in /proc)."""
+    found: list[int] = []
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _end_process_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the kernel's process group, wait, then SIGKILL; reap the leader.
-
-    UML is several host processes; SIGKILL of the leader alone leaves its
-    helpers running, so the whole group is signalled (it is the session we
-    created with start_new_session, so pgid == pid).
-    """
-    pgid = proc.pid
-    if proc.poll() is None or _group_alive(pgid):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
         try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
             pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc.poll()
-            if proc.returncode is not None and not _group_alive(pgid):
-                break
-            time.sleep(0.02)
-        else:
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, children before their parents' siblings' children."""
+    found: list[int] = []
+    todo = _children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += _children(child)
+    return found
+
+
+def _signal(pids: Sequence[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def _end_processes(proc: subprocess.Popen[bytes], run_dir: Path | None, timeout: float) -> None:
+    """End everything the instance started: the launcher, the kernel (which lives in a
+    session of its own, so no process-group signal reaches it) and its helpers.
+
+    SIGUSR1 to the launcher (the owner's stop; SIGTERM would make it wait to see
+    whether we are dying, see lkl/launch.c): it stops the kernel (SIGTERM, then SIGKILL of every
+    process below it after 3 s) and exits only once it has no descendant left (it
+    is their subreaper). If it has not exited after ``timeout``, everything below
+    it is SIGKILLed by pid, then the launcher. If the launcher itself was killed
+    by a signal (someone SIGKILLed it), its kernel may have been orphaned: every
+    process still marked with the run directory (``TMPDIR``) is SIGKILLed.
+    """
+    if proc.poll() is None:
+        _signal([proc.pid], signal.SIGUSR1)  # the owner's stop: we remove the run dir
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal(_descendants(proc.pid), signal.SIGKILL)
             try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait()
-    deadline = time.monotonic() + timeout
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.02)
+                proc.wait(max(timeout, 2.0))  # it reaps them, then exits
+            except subprocess.TimeoutExpired:
+                _signal(_descendants(proc.pid), signal.SIGKILL)
+                proc.kill()
+                proc.wait()
+    if (proc.returncode or 0) < 0 and run_dir is not None:
+        kill_marked(run_dir, timeout)
+

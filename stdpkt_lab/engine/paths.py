@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import EnvironmentProblem
 
-__all__ = ["kernel_binary", "helper", "lkl_dir", "make_run_root", "DEBIAN_PACKAGES"]
+__all__ = ["kernel_binary", "helper", "lkl_dir", "make_run_root", "run_dir_bases", "DEBIAN_PACKAGES"]
 
 #: What the engine needs on the host, by Debian package name (for error messages).
 DEBIAN_PACKAGES = (
@@ -67,17 +67,30 @@ def _usable_for_guest_memory(directory: str, need_bytes: int) -> bool:
     return st.f_bavail * st.f_frsize >= need_bytes
 
 
+def run_dir_bases() -> list[str]:
+    """Where run directories may live, in order of preference."""
+    bases = [os.environ.get("STDPKT_RUNDIR"), "/dev/shm", tempfile.gettempdir(), "/tmp"]
+    return [b for b in dict.fromkeys(bases) if b]
+
+
 def make_run_root(prefix: str = "stdpkt-", *, need_bytes: int = 512 << 20) -> Path:
     """Create a private directory for one run (instances' memory files, sockets, logs).
 
     ``$STDPKT_RUNDIR`` wins; otherwise /dev/shm when it is exec-mappable and roomy
     (Binder's is small or noexec), else ``$TMPDIR`` or /tmp.  A tmpfs that fills
     up kills its guests, so the check asks for room, not just existence.
+
+    The directory has an owner file (this process) from before it exists, and
+    stale run directories of this user whose owners are gone are swept first:
+    see :mod:`stdpkt_lab.engine.ownership`.
     """
-    candidates = [os.environ.get("STDPKT_RUNDIR"), "/dev/shm", tempfile.gettempdir(), "/tmp"]
+    from .ownership import create_owned_dir, sweep
+
+    candidates = run_dir_bases()
+    sweep(candidates)
     for base in candidates:
-        if base and _usable_for_guest_memory(base, need_bytes):
-            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        if _usable_for_guest_memory(base, need_bytes):
+            return create_owned_dir(base, prefix)
     raise EnvironmentProblem(
         "no usable directory for guest memory (needs write+exec and "
         f"{need_bytes >> 20} MiB free): tried {', '.join(c for c in candidates if c)}; "

@@ -5,6 +5,11 @@ A :class:`PipePort` opens the port's RX and TX paths (``/dev/stdin``,
 replays, a new regular path records) and runs two relay pumps between them
 and the instance's socket.  FIFO opens block until the other side opens, so
 each opens in its own thread: two instances can never deadlock on the order.
+
+A FIFO this port creates is removed by :meth:`PipePort.stop`; with a ``ledger``
+(the instance's run directory) it is also recorded there, so that the launcher
+or a later sweep removes it when this process is SIGKILLed
+(:mod:`stdpkt_lab.engine.ownership`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from ..errors import LinkError
 from ..relay import Endpoint, Pump, PumpResult, PumpStats
+from .ownership import make_fifo
 from .variables import PipeEnds
 
 __all__ = ["PipePort", "StdStreams"]
@@ -67,6 +73,7 @@ class PipePort:
         streams: StdStreams,
         on_end: Callable[[PipePort, str], None],
         trace_slots: int = 256,
+        ledger: Path | None = None,
     ) -> None:
         self.ends = ends
         self.device = f"eth{ends.index}"
@@ -74,6 +81,7 @@ class PipePort:
         self._streams = streams
         self._on_end = on_end
         self._trace_slots = trace_slots
+        self._ledger = ledger  # run directory whose .created ledger lists our FIFOs
         self._created: list[Path] = []
         self._fds: list[int] = []
         self._lock = threading.Lock()
@@ -86,11 +94,8 @@ class PipePort:
         for path in (self.ends.rx, self.ends.tx):
             if path in ("/dev/stdin", "/dev/stdout"):
                 continue
-            try:
-                os.mkfifo(path, 0o600)
-            except FileExistsError:
-                continue  # already there, or the neighbour made it first
-            self._created.append(Path(path))
+            if make_fifo(path, self._ledger):  # False: already there, or the neighbour's
+                self._created.append(Path(path))
         for path, reading in ((self.ends.rx, True), (self.ends.tx, False)):
             threading.Thread(
                 target=self._open_and_pump, args=(path, reading),
