@@ -359,6 +359,24 @@ def _kill_leftovers(uids: set[int]) -> None:
         time.sleep(0.5)
 
 
+def _pss_kib(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return next((int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("Pss:")), 0)
+
+
+def _record_per_student(student: Student, what: str) -> None:
+    """What one student costs on the hub (every process of their uid), kept in artifacts/hub/."""
+    pids = _uids_processes({student.uid})
+    out = REPO / "artifacts" / "hub"
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"what": what, "processes": len(pids), "pss_mib": round(sum(map(_pss_kib, pids)) / 1024, 1)}
+    (out / "per-student.json").write_text(json.dumps(record, indent=1) + "\n")
+    print("per student:", record)
+
+
 def test_three_students_on_one_hub_isolated_and_capped(class_hub) -> None:
     hub, (a, b, c), run_base = class_hub
     for s in (a, b, c):
@@ -389,6 +407,7 @@ def test_three_students_on_one_hub_isolated_and_capped(class_hub) -> None:
         home = Path(res["pcap"]).parent
         assert os.stat(home).st_mode & 0o777 == 0o700, oct(os.stat(home).st_mode)  # singleuser.py made it so
     assert os.stat(run_base).st_mode & 0o777 == 0o711 and os.stat(run_base).st_uid == 0
+    _record_per_student(a, "server + Python kernel + a 2-node lab (client, http server)")
 
     # B against A: every attempt refused by the host kernel (EACCES 13, EPERM 1)
     out, err = b.run(PROBES.format(a=json.dumps(res_a)))
