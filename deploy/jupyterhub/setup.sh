@@ -31,7 +31,8 @@ if [ "$(id -u)" = 0 ] && ! runuser -u nobody -- "$py" -c "import stdpkt_lab" >/d
     [ -x "$student/bin/python" ] || "/usr/bin/python$ver" -m venv --without-pip "$student"
     echo "import site; site.addsitedir('$site')" > "$student/lib/python$ver/site-packages/stdpkt-project.pth"
     if ! out=$(runuser -u nobody -- "$student/bin/python" -c "import stdpkt_lab, jupyterhub" 2>&1); then
-        echo "setup.sh: the checkout is not readable by other accounts ($out)" >&2; exit 2
+        echo "setup.sh: the checkout is not readable by other accounts, so the students cannot run it ($out)" >&2
+        exit 3
     fi
     touch "$here/student-venv.used"
 fi
