@@ -94,9 +94,14 @@ def claim_dir(environ: dict[str, str] | None = None) -> Path:
     """This user's claim directory, created 0700; refused if someone else owns it."""
     env = os.environ if environ is None else environ
     path = Path(env.get(ENV_QUOTA_DIR) or Path(tempfile.gettempdir()) / f"stdpkt-quota-{os.geteuid()}")
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=False)
-    st = path.lstat()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        st = path.lstat()
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot make the instance-cap directory {path} (${ENV_QUOTA_DIR}): "
+                                 f"{exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise EnvironmentProblem(
             f"{path} (the instance-cap directory, ${ENV_QUOTA_DIR}) must be a directory of uid "
