@@ -32,7 +32,9 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	@sh deploy/jupyterlab/install-settings.sh $(VENV)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --LabApp.default_url=/lab/tree/01-quickstart.ipynb \
+	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 clean:
 	rm -rf $(VENV) build *.egg-info stdpkt_lab/_bin stdpkt_lab/relay/_relay*.so lkl/build

@@ -1,11 +1,13 @@
 #!/bin/sh
 # Install the Debian packages stdpkt-lab needs (idempotent). As root: apt-get.
 # Not root: check, and name what is missing.
-PKGS="user-mode-linux uml-utilities iproute2 iptables nftables conntrack ipvsadm iperf3 tcpdump curl wget netcat-openbsd busybox iputils-ping kmod procps gcc libc6-dev python3-venv chromium"
+PKGS="user-mode-linux uml-utilities iproute2 iptables nftables conntrack ipvsadm iperf3 tcpdump curl wget netcat-openbsd busybox iputils-ping kmod procps gcc libc6-dev python3-venv chromium nodejs"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# the hub's proxy (deploy/jupyterhub) comes from npm: Debian packages it apart, nodesource's nodejs bundles it
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ]; then
     echo "installing:$missing"

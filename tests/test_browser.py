@@ -253,3 +253,79 @@ def _check_dashboard(page, jupyter: Server) -> None:
     _run_cell(page, 2)
     page.wait_for_function("() => document.body.innerText.includes('stopped stopped')", timeout=60_000)
     assert not cdn, f"requests to the bokeh CDN: {cdn[:3]}"
+
+
+# ---------------------------------------------------------------- classroom-quiet (issue 15 item 4)
+NEWS_PROMPT = "official Jupyter news"
+
+
+def _start_lab(tmp_path: Path, tag: str, root: Path, extra_env: dict[str, str]) -> Server:
+    port, token = _free_port(), secrets.token_hex(16)
+    argv = [str(Path(sys.executable).parent / "jupyter-lab"), "--no-browser", "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.token={token}",
+            f"--ServerApp.root_dir={root}"]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / f"runtime-{tag}"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / f"config-{tag}"),
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / f"settings-{tag}"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / f"workspaces-{tag}"), **extra_env)
+    log = tmp_path / f"jupyter-{tag}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", token, proc)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            server.api("GET", "/api/status")
+            return server
+        except OSError as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _end_group(proc)
+                raise RuntimeError(f"JupyterLab did not start:\n{log.read_text()[-3000:]}") from exc
+            time.sleep(0.3)
+
+
+def _toasts_after_load(browser, server: Server, path: str, shot: Path) -> str:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(f"{server.url}{path}?token={server.token}")
+        page.wait_for_function("() => document.querySelector('.jp-LabShell') !== null", timeout=60_000)
+        page.wait_for_function("() => document.querySelector('.jp-Notebook') !== null", timeout=60_000)
+        page.wait_for_timeout(6000)  # the news question comes a moment after the shell is up
+        page.screenshot(path=str(shot), full_page=True)
+        return " | ".join(page.locator(".Toastify__toast, .jp-Notification-Toast").all_inner_texts())
+    finally:
+        page.close()
+
+
+def test_classroom_settings_open_the_quickstart_without_the_news_prompt(tmp_path: Path, browser) -> None:
+    """The settings `make lab`, binder/ and the hub install (deploy/jupyterlab/) keep the "get
+    Jupyter news?" question away; a control run with the question re-enabled by a user setting
+    shows that the check sees the prompt when it is there."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
+    subprocess.run(["sh", str(REPO / "deploy/jupyterlab/install-settings.sh"), sys.prefix], check=True)
+    root = tmp_path / "nb"
+    root.mkdir()
+    shutil.copy(REPO / "notebooks" / "01-quickstart.ipynb", root / "01-quickstart.ipynb")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # control: the user re-enables the question (user settings win over overrides.d) and the
+    # server fetches news from an address nothing listens on
+    settings = tmp_path / "settings-control" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "none"}))
+    config = tmp_path / "config-control"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps(
+        {"LabApp": {"news_url": f"http://127.0.0.1:{_free_port()}/feed.xml"}}))
+    for tag, expect_prompt in (("control", True), ("quiet", False)):
+        server = _start_lab(tmp_path, tag, root, {})
+        try:
+            toasts = _toasts_after_load(browser, server, "/lab/tree/01-quickstart.ipynb",
+                                        ARTIFACTS / f"classroom-{tag}.png")
+        finally:
+            for kernel in server.api("GET", "/api/kernels") or []:  # type: ignore[union-attr]
+                server.api("DELETE", f"/api/kernels/{kernel['id']}")
+            _end_group(server.proc)
+        assert (NEWS_PROMPT in toasts) is expect_prompt, f"{tag}: toasts shown: {toasts!r}"

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BootError, ConfigError, EnvironmentProblem, InstanceDied, StateError
-from . import bootprofile
+from . import bootprofile, quota
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
 from .mconsole import MConsole
@@ -118,6 +118,7 @@ class Instance:
         self.script_status: int | None = None
         self.boot_started: float | None = None
         self.boot_seconds: float | None = None
+        self._quota: quota.Claim | None = None  # per-user cap (engine/quota.py)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -175,6 +176,7 @@ class Instance:
                 raise StateError(f"instance {self.name!r} is {self._state.value}; start() needs created")
             self._state = InstanceState.BOOTING
         try:
+            self._quota = quota.claim(self.spec.name, self.spec.mem_mb)  # raises QuotaExceeded
             self._spawn()
         except BaseException:
             self._state = InstanceState.FAILED
@@ -546,6 +548,8 @@ class Instance:
         if self._run_dir is not None and self._owns_run_dir:
             remove_run_dir(self._run_dir)
             self._owns_run_dir = False
+        if self._quota is not None:
+            self._quota.release()
 
 
 #: Send/receive buffer asked for on each end of a port's socketpair. The kernel's default
