@@ -471,20 +471,20 @@ class Instance:
         if spec.gateway is not None:
             values["GATEWAY"] = str(spec.gateway)
         if spec.hosts is not None:
-            (run_dir / "hosts").write_text(spec.hosts)
+            _guest_file(run_dir / "hosts", spec.hosts)
             values["STDPKT_HOSTS"] = f"{GUEST_RUN_DIR}/hosts"
         if spec.routes:
-            (run_dir / "routes").write_text("".join(f"route add {r}\n" for r in spec.routes))
+            _guest_file(run_dir / "routes", "".join(f"route add {r}\n" for r in spec.routes))
             values["STDPKT_ROUTES"] = f"{GUEST_RUN_DIR}/routes"
         if spec.setup:
-            (run_dir / "setup.sh").write_text(spec.setup)
+            _guest_file(run_dir / "setup.sh", spec.setup)
             values["STDPKT_SETUP"] = f"{GUEST_RUN_DIR}/setup.sh"
         if self._pooled and not self._configured:
             values["STDPKT_POOL"] = "1"
         for key, value in spec.env.items():
             values.setdefault(key, value)
         conf = run_dir / conf_name
-        conf.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
+        _guest_file(conf, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
         return init, str(conf)
 
     def _watch_console(self, fd: int) -> None:
@@ -627,6 +627,13 @@ def _world_readable(path: str) -> bool:
     if not p.stat().st_mode & 0o004:
         return False
     return all(parent.stat().st_mode & 0o001 for parent in p.parents)
+
+
+def _guest_file(path: Path, text: str) -> None:
+    """A file the guest reads through hostfs: 0644 whatever the umask (a umask of 077 made
+    /etc/hosts unreadable to guest programs; the run directory itself is 0700)."""
+    path.write_text(text)
+    path.chmod(0o644)
 
 
 def _close_quietly(fd: int) -> None:
