@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import networkx as nx
 import pytest
@@ -18,7 +19,7 @@ import stdpkt_lab as sl
 from stdpkt_lab.cluster import DistributedLab, WorkerInfo, place
 from stdpkt_lab.errors import ChainError
 
-from .conftest import REPO, uml_pids
+from .conftest import REPO, run_dirs, uml_pids
 
 W = [WorkerInfo("tcp://127.0.0.1:1001", "w0", 4 << 30), WorkerInfo("tcp://127.0.0.1:1002", "w1", 4 << 30),
      WorkerInfo("tcp://10.9.9.9:1003", "w2", 8 << 30)]
@@ -93,11 +94,18 @@ def test_chain_over_three_workers_passes_http_through_nat(cluster: object) -> No
         assert any(p.haslayer("TCP") and p["TCP"].dport == 80 for p in pkts), [p.summary() for p in pkts]
         assert {p.link for p in pkts} == {("nat", "fw"), ("fw", "nat")}
         assert lab.nf_counters("nat")["interfaces"]["eth0"]["rx_packets"] > 0
+        # a frame injected on the cross-worker link toward fw is counted as injected there
+        from scapy.layers.inet import ICMP, IP
+        from scapy.layers.l2 import Ether
+
+        lab.inject(("nat", "fw"), Ether() / IP(dst="10.0.1.2") / ICMP(), count=3)
+        rows = {(r.src, r.dst): r for r in lab.counters().itertuples()}
+        assert rows[("nat", "fw")].injected == 3
 
 
 @pytest.mark.uml
 def test_a_killed_worker_ends_its_links_and_leaves_nothing(cluster: object) -> None:
-    before = uml_pids()
+    before, dirs_before = uml_pids(), run_dirs()
     lab = sl.Lab(_pinned_graph(cluster), cluster=cluster, progress=False).start()
     try:
         assert lab.exec("client", "ping -c 1 -W 3 nat", timeout=30).returncode == 0
@@ -118,9 +126,11 @@ def test_a_killed_worker_ends_its_links_and_leaves_nothing(cluster: object) -> N
     finally:
         lab.stop()
     deadline = time.monotonic() + 30
-    while uml_pids() - before and time.monotonic() < deadline:
+    while (uml_pids() - before or run_dirs() - dirs_before) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not uml_pids() - before
+    left = run_dirs() - dirs_before
+    assert not left, {d: sorted(str(p) for p in Path(d).rglob("*")) for d in left}
 
 
 @pytest.mark.uml

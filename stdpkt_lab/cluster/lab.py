@@ -207,7 +207,8 @@ class DistributedLab:
     # ------------------------------------------------------------ observation
     def counters(self) -> Any:
         """One row per link direction, as :meth:`Lab.counters`, plus ``kind`` (local/tcp) and
-        ``worker``.  A cross-worker link is counted by the relays of its listening end."""
+        ``worker``.  A cross-worker link is counted by the relays of its listening end (the
+        one :meth:`trace` and :meth:`inject` use)."""
         self._require_running()
         now = time.time()
         samples, extra = [], []
@@ -216,7 +217,7 @@ class DistributedLab:
             for row in actor.link_stats().result(timeout=30):
                 key = (row["src"], row["dst"])
                 if key in seen:
-                    continue  # the connecting end of a cross link counts the same frames
+                    continue
                 seen.add(key)
                 prev = self._previous.get(key)
                 pps = bps = 0.0
@@ -261,6 +262,12 @@ class DistributedLab:
 
     def set_trace_filter(self, link: LinkRef, expr: str | None) -> None:
         self._holder(link).set_trace_filter(link[0], link[1], expr).result(timeout=30)
+
+    def inject(self, link: LinkRef, packet: Any, *, count: int = 1, interval: float = 0.0) -> None:
+        """Send ``packet`` (scapy or bytes) on ``link`` = (a, b) toward b, as :meth:`Lab.inject`."""
+        self._require_running()
+        wait = 30 + count * interval
+        self._holder(link).inject(link[0], link[1], bytes(packet), count, interval).result(timeout=wait)
 
     def save_pcap(self, link: LinkRef, path: str | Path, *, direction: str = "both") -> int:
         return write_pcap([f for _, f in self._frames(link, direction, None)], path)

@@ -173,14 +173,16 @@ class WorkerSide:
         return {name: i.pid for name, i in self._instances.items()}
 
     def link_stats(self) -> list[dict[str, Any]]:
-        """Counters of every link direction this worker relays (local links; the tx/rx of
-        each stream end it holds)."""
+        """Counters of every link direction this worker relays: its local links, and the
+        cross-worker links it listens for (the connecting end relays the same frames)."""
         rows = []
         for link in self._links:
             for (src, dst), link_stats in link.stats().items():
                 rows.append({"link": f"{link.a.name}-{link.b.name}", "src": src, "dst": dst,
                              "kind": "local", **_stats(link_stats)})
         for (node, _port), sp in self._streams.items():
+            if not sp.ends.listen:
+                continue
             _, peer = self._peers[(node, _port)]
             for direction, stats in sp.stats().items():
                 if stats is None:
@@ -209,6 +211,17 @@ class WorkerSide:
             out += [((src, dst), f) for f in pump.trace(count)]
         out.sort(key=lambda lf: lf[1].ts_ns)
         return out[-count:] if count else out
+
+    def inject(self, a: str, b: str, frame: bytes, count: int = 1, interval: float = 0.0) -> int:
+        """Send ``frame`` on the link toward ``b``, as if ``a`` had sent it; returns the count."""
+        pump = next((p for p in self._pumps(a, b) if _pump_direction(p, a, b, self) == (a, b)), None)
+        if pump is None:
+            raise StateError(f"no direction {a}->{b} relayed on this worker")
+        for i in range(count):
+            if i and interval:
+                time.sleep(interval)
+            pump.inject(frame)
+        return count
 
     def set_trace_filter(self, a: str, b: str, expr: str | None) -> None:
         for pump in self._pumps(a, b):
