@@ -34,6 +34,15 @@ Variables (as in the stdpkt paper), n = 0..7:
                   Frames on every pipe are a pcap stream (LINKTYPE_ETHERNET), so
                   tee, tcpdump -r - and scapy can sit anywhere in a pipeline.
   IFn="tap:NAME"  attach eth<n> to host tap device NAME (needs root).
+  IFn="tcp:HOST:PORT"          eth<n> over a TCP connection to HOST:PORT (retried
+  IFn="tcp-listen:[ADDR:]PORT" until --connect-timeout), or accepting one peer on
+                  ADDR:PORT (default 127.0.0.1). Both directions on one connection,
+                  each a pcap stream as on a pipe; the connection's end is an EOF.
+                  Both ends must set STDPKT_LINK_TOKEN to the same secret: a
+                  peer that does not prove it (HMAC challenge) is refused and
+                  cannot inject frames. The token authenticates, it does not
+                  encrypt: tls:HOST:PORT / tls-listen:[ADDR:]PORT add TLS
+                  (STDPKT_TLS_CA, and STDPKT_TLS_CERT + STDPKT_TLS_KEY to listen).
   IPn, NETMASKn   IPv4 address and prefix length (or dotted mask; default 24).
   MTUn            MTU of eth<n> (68..65534, default 1500).
   GATEWAY         default route.
@@ -66,6 +75,7 @@ def _default_name(script: Path) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine.instance import Instance
     from .engine.pipes import PipePort, StdStreams
+    from .engine.streams import StreamPort, link_token
     from .engine.variables import parse_variables
 
     script = Path(args.script)
@@ -92,13 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signum, on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
-    def on_end(_port: PipePort, why: str) -> None:
+    def on_end(_port: PipePort | StreamPort, why: str) -> None:
         reasons.append(why)
         stop.set()
 
     prefix = f"[{config.spec.name}] " if args.prefix else ""
     instance = Instance(config.spec, on_console=lambda line: _say(prefix + line))
-    ports: list[PipePort] = []
+    ports: list[PipePort | StreamPort] = []
     malformed_seen: dict[str, int] = {}
     status = 0
     try:
@@ -108,6 +118,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                             ledger=instance.run_dir)
             ports.append(port)
             port.start()
+        for stream in config.streams:
+            sport = StreamPort(stream, instance.port(stream.index), token=link_token(),
+                               on_end=on_end, connect_timeout=args.connect_timeout,
+                               on_refused=lambda msg: _say(f"stdpkt: {config.spec.name}: {msg}"))
+            ports.append(sport)
+            sport.start()
         deadline = time.monotonic() + args.boot_timeout
         while not stop.is_set() and not instance.exited:
             if not instance.ready and time.monotonic() > deadline:
@@ -117,7 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _report_malformed(ports, malformed_seen)
         if instance.exited and not instance.ready:
             instance.wait_ready(0)  # died during boot: raises BootError
-        if args.oneshot and instance.exited:
+        if any(getattr(port, "failed", False) for port in ports):
+            status = 1  # a stream link that could not be made is a failure, not an input's end
+        elif args.oneshot and instance.exited:
             code = instance.wait(0)
             status = code if code is not None else 1
         elif signals:
@@ -130,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if tail:
                 _say(tail)
             status = 1
-        ended_normally = args.oneshot and instance.exited
+        ended_normally = args.oneshot and instance.exited and status == 0
         for why in reasons[:1]:
             if args.verbose or not ended_normally:
                 _say(f"stdpkt: {config.spec.name}: stopping: {why}")
@@ -188,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mem", type=int, default=128, metavar="MB", help="guest memory (default 128)")
     run.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
                      help="give up if the instance has not booted after S seconds (default 60)")
+    run.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
+                     help="tcp:/tls: ports retry connecting for S seconds (default 30)")
     run.add_argument("--prefix", action="store_true", help="prefix SCRIPT's output lines with [name]")
     run.add_argument("-v", "--verbose", action="store_true", help="say why the instance stopped; print counters")
     run.set_defaults(func=cmd_run)

@@ -55,7 +55,19 @@ class LabState(enum.Enum):
 
 
 class Lab:
-    """Running instances and links of one chain graph."""
+    """Running instances and links of one chain graph.
+
+    ``Lab(g, cluster=client)`` (a ``dask.distributed.Client``) spreads the
+    instances over the cluster's workers instead and returns a
+    :class:`stdpkt_lab.cluster.DistributedLab` with the same main methods.
+    """
+
+    def __new__(cls, graph: nx.Graph, *args: Any, cluster: Any = None, **kwargs: Any) -> Any:
+        if cluster is not None:
+            from .cluster import DistributedLab
+
+            return DistributedLab(graph, cluster=cluster, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -58,6 +58,7 @@ NODE_ATTRIBUTES: dict[str, str] = {
     "env": "extra environment variables in the guest",
     "label": "ignored (drawing)",
     "pos": "ignored (drawing)",
+    "host": "the Dask worker to run this node on (Lab(g, cluster=client)); ignored otherwise",
 }
 
 

@@ -1,7 +1,9 @@
 """The paper's variables (``IFn``, ``IPn``, ``NETMASKn``, ``MTUn``, ``GATEWAY``) → an instance.
 
 ``IFn`` is ``"RX|TX"`` (two paths: ``/dev/stdin``, ``/dev/stdout`` or a named
-pipe, created if missing) or ``tap:NAME`` (a host tap device; root only).
+pipe, created if missing), ``tap:NAME`` (a host tap device; root only), or a
+pcap stream over TCP: ``tcp:HOST:PORT`` / ``tcp-listen:[ADDR:]PORT`` (and
+``tls:``/``tls-listen:``), which need ``STDPKT_LINK_TOKEN`` (engine/streams.py).
 Interface ``n`` is ``eth<n>`` inside the instance.  Everything is checked
 before any kernel boots; a problem raises :class:`~stdpkt_lab.errors.VariableError`
 naming the variable.
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from ..errors import VariableError
 from .spec import MAX_MTU, MAX_PORTS, InstanceSpec, PortSpec
+from .streams import TOKEN_VARIABLE, StreamEnds, parse_stream
 
 __all__ = ["PipeEnds", "RunConfig", "parse_variables", "PAPER_VARIABLES"]
 
@@ -40,6 +43,7 @@ class RunConfig:
 
     spec: InstanceSpec
     pipes: tuple[PipeEnds, ...]
+    streams: tuple[StreamEnds, ...] = ()
 
 
 def has_net_admin() -> bool:
@@ -54,7 +58,10 @@ def has_net_admin() -> bool:
     return False
 
 
-def _parse_if(name: str, value: str) -> tuple[str | None, PipeEnds | None]:
+def _parse_if(name: str, value: str) -> tuple[str | None, PipeEnds | StreamEnds | None]:
+    stream = parse_stream(name, value)
+    if stream is not None:
+        return None, stream
     tap = _TAP.match(value)
     if tap:
         if not has_net_admin():
@@ -67,7 +74,8 @@ def _parse_if(name: str, value: str) -> tuple[str | None, PipeEnds | None]:
     parts = value.split("|")
     if len(parts) != 2 or not all(p.strip() for p in parts):
         raise VariableError(
-            name, f"expected 'RX|TX' (two paths joined by one '|') or 'tap:NAME', got {value!r}"
+            name, f"expected 'RX|TX' (two paths joined by one '|'), 'tap:NAME', "
+            f"'tcp:HOST:PORT' or 'tcp-listen:[ADDR:]PORT', got {value!r}"
         )
     return None, PipeEnds(int(name[2:]), parts[0].strip(), parts[1].strip())
 
@@ -123,6 +131,7 @@ def parse_variables(
 
     ports: list[PortSpec] = []
     pipes: list[PipeEnds] = []
+    streams: list[StreamEnds] = []
     for number in sorted(ifs):
         tap, ends = _parse_if(f"IF{number}", ifs[number])
         address = None
@@ -134,7 +143,12 @@ def parse_variables(
             raise VariableError(f"NETMASK{number}", f"is set but IP{number} is not")
         mtu = _parse_mtu(f"MTU{number}", indexed["MTU"][number]) if number in indexed["MTU"] else 1500
         ports.append(PortSpec(number, address, mtu, tap=tap))
-        if ends is not None:
+        if isinstance(ends, StreamEnds):
+            if not env.get(TOKEN_VARIABLE):
+                raise VariableError(f"IF{number}", f"{ifs[number]!r} needs {TOKEN_VARIABLE}: the same "
+                                    "secret on both ends of the link authenticates it")
+            streams.append(ends)
+        elif ends is not None:
             pipes.append(ends)
 
     gateway = _parse_ip("GATEWAY", env["GATEWAY"]) if env.get("GATEWAY") else None
@@ -163,4 +177,4 @@ def parse_variables(
         )
     except ValueError as exc:
         raise VariableError("instance", str(exc)) from None
-    return RunConfig(spec, tuple(pipes))
+    return RunConfig(spec, tuple(pipes), tuple(streams))

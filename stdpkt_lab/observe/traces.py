@@ -21,6 +21,7 @@ __all__ = ["to_packets", "write_pcap", "Hop", "Journey", "packet_key", "follow_p
 
 def to_packets(frames: Iterable[tuple[tuple[str, str], TracedFrame]]) -> Any:
     """(link, frame) pairs → a scapy PacketList sorted by time."""
+    import scapy.layers.inet  # noqa: F401 - binds IP/TCP/UDP/ICMP under Ether (else: Raw)
     from scapy.layers.l2 import Ether
     from scapy.plist import PacketList
 

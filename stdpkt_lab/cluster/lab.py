@@ -1,0 +1,317 @@
+"""``Lab(g, cluster=client)``: one chain whose instances run on the workers of a Dask cluster.
+
+The notebook side of a distributed lab.  It plans the chain as :class:`~stdpkt_lab.Lab`
+does, places the nodes on workers (:mod:`.placement`), starts one
+:class:`~.worker.WorkerSide` actor per worker used, joins links whose ends share a
+worker with local relays and the others with pcap streams over TCP (the
+listening end on the worker of the link's first node), and keeps the workers'
+lease alive.  Results come back through the actors: exec, counters, traces,
+follow, NF counters, pcap files.
+
+Any ``distributed.Client`` works: ``Client(LocalCluster(...))`` on one machine,
+a ``dask-jobqueue`` cluster on an HPC scheduler, ``dask-kubernetes`` or Dask
+Gateway.  Every worker must have stdpkt-lab installed (and ``linux.uml``), and
+the workers must reach each other's hosts on ephemeral TCP ports.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from ..describe import KindRegistry, build_plan
+from ..engine.agent import ExecResult
+from ..errors import ChainError, StateError, StdpktError
+from ..observe.samples import LinkSample, records
+from ..observe.traces import Journey, follow_packet, to_packets, write_pcap
+from .placement import WorkerInfo, place
+from .worker import LocalLinkSpec, WorkerSide
+
+__all__ = ["DistributedLab"]
+
+LinkRef = tuple[str, str]
+
+
+class DistributedLab:
+    """Running instances of one chain graph, spread over a Dask cluster's workers."""
+
+    def __init__(self, graph: nx.Graph, *, cluster: Any, registry: KindRegistry | None = None,
+                 boot_timeout: float = 120.0, progress: bool = True, lease: float = 15.0,
+                 trace_slots: int = 1024, trace_snap: int = 256, **_ignored: Any) -> None:
+        self.client = cluster
+        self.plan = build_plan(graph, registry=registry)
+        self.boot_timeout = boot_timeout
+        self.progress = progress
+        self.lease = lease
+        self._trace = (trace_slots, trace_snap)
+        self.lab_id = f"dl{secrets.token_hex(4)}"
+        self._token = secrets.token_hex(16).encode()
+        self.placement: dict[str, WorkerInfo] = {}
+        self._actors: dict[str, Any] = {}  # worker address -> actor proxy
+        self._futures: list[Any] = []
+        self._state = "created"
+        self._beats: threading.Thread | None = None
+        self._stop_beats = threading.Event()
+        self._previous: dict[tuple[str, str], tuple[float, int, int]] = {}
+        self.events: list[tuple[float, str]] = []
+        pinned = {n: d["host"] for n, d in graph.nodes(data=True) if d.get("host") is not None}
+        workers = _workers(cluster)
+        self.placement = place({n: p.spec.mem_mb for n, p in self.plan.nodes.items()}, workers, pinned)
+
+    # ------------------------------------------------------------ views
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def graph(self) -> nx.Graph:
+        return self.plan.graph
+
+    def __iter__(self) -> Any:
+        return iter(self.plan.nodes)
+
+    def __len__(self) -> int:
+        return len(self.plan.nodes)
+
+    def worker_of(self, node: str) -> str:
+        """The address of the worker running ``node``."""
+        try:
+            return self.placement[node].address
+        except KeyError:
+            raise KeyError(f"no node {node!r} in this lab") from None
+
+    def _actor(self, node: str) -> Any:
+        return self._actors[self.worker_of(node)]
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> DistributedLab:
+        if self._state != "created":
+            raise StateError(f"lab is {self._state}; start() needs a new Lab")
+        self._state = "starting"
+        try:
+            self._start()
+        except BaseException:
+            self._state = "failed"
+            self._teardown()
+            raise
+        self._state = "running"
+        return self
+
+    def _start(self) -> None:
+        from tqdm.auto import tqdm
+
+        used = sorted({w.address for w in self.placement.values()})
+        for address in used:
+            future = self.client.submit(WorkerSide, self.lab_id, self.lease, self._trace,
+                                        actor=True, workers=[address], allow_other_workers=False,
+                                        pure=False)
+            self._futures.append(future)
+            self._actors[address] = future.result(timeout=60)
+        self._beats = threading.Thread(target=self._heartbeat, daemon=True, name="stdpkt-lease")
+        self._beats.start()
+        per_worker: dict[str, tuple[list[Any], list[LocalLinkSpec]]] = {a: ([], []) for a in used}
+        for name, node in self.plan.nodes.items():
+            script = node.spec.script
+            text = Path(script).read_text() if script is not None else None
+            per_worker[self.worker_of(name)][0].append((node.spec, text))
+        cross = []
+        for lp in self.plan.links:
+            wa, wb = self.worker_of(lp.a), self.worker_of(lp.b)
+            if wa == wb:
+                per_worker[wa][1].append((lp.a, lp.a_port, lp.b, lp.b_port))
+            else:
+                cross.append(lp)
+        started = [self._actors[a].start(nodes, links, self._token)
+                   for a, (nodes, links) in per_worker.items()]
+        for f in started:
+            f.result()
+        for lp in cross:
+            host, port = self._actor(lp.a).listen(lp.a, lp.a_port, lp.b).result()
+            self._actor(lp.b).connect(lp.b, lp.b_port, lp.a, host, port).result()
+        bar = tqdm(total=len(self.plan.nodes), desc="booting chain", unit="instance",
+                   disable=not self.progress)
+        try:
+            waits = {a: self._actors[a].wait_ready(self.boot_timeout) for a in used}
+            for address, f in waits.items():
+                names = f.result()
+                bar.update(len(names))
+                bar.set_postfix_str(address)
+        finally:
+            bar.close()
+
+    def _heartbeat(self) -> None:
+        while not self._stop_beats.wait(max(self.lease / 5, 0.5)):
+            for actor in list(self._actors.values()):
+                try:
+                    actor.heartbeat().result(timeout=self.lease)
+                except Exception:  # noqa: BLE001 - a lost worker: its lease lapses by itself
+                    continue
+
+    def stop(self) -> None:
+        if self._state in ("stopped", "created"):
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        self._teardown()
+
+    def _teardown(self) -> None:
+        self._stop_beats.set()
+        pending = []
+        for actor in self._actors.values():
+            try:
+                pending.append(actor.stop())
+            except Exception:  # noqa: BLE001
+                continue
+        for f in pending:
+            try:
+                f.result(timeout=60)
+            except Exception:  # noqa: BLE001 - a dead worker took its instances with it
+                continue
+        self._actors.clear()
+        for future in self._futures:
+            future.release()
+        self._futures.clear()
+
+    def __enter__(self) -> DistributedLab:
+        if self._state == "created":
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            raise StateError(f"lab is {self._state}, not running")
+
+    # ------------------------------------------------------------ commands
+    def exec(self, node: str, cmd: str | Sequence[str], *, timeout: float | None = 30.0,
+             input: bytes | None = None) -> ExecResult:
+        self._require_running()
+        wait = None if timeout is None else timeout + 30
+        result: ExecResult = self._actor(node).exec(node, cmd, timeout, input).result(timeout=wait)
+        return result
+
+    def pids(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for actor in self._actors.values():
+            out.update(actor.pids().result(timeout=30))
+        return out
+
+    # ------------------------------------------------------------ observation
+    def counters(self) -> Any:
+        """One row per link direction, as :meth:`Lab.counters`, plus ``kind`` (local/tcp) and
+        ``worker``.  A cross-worker link is counted by the relays of its listening end (the
+        one :meth:`trace` and :meth:`inject` use)."""
+        self._require_running()
+        now = time.time()
+        samples, extra = [], []
+        seen: set[tuple[str, str]] = set()
+        for address, actor in self._actors.items():
+            for row in actor.link_stats().result(timeout=30):
+                key = (row["src"], row["dst"])
+                if key in seen:
+                    continue
+                seen.add(key)
+                prev = self._previous.get(key)
+                pps = bps = 0.0
+                if prev is not None and now > prev[0]:
+                    dt = now - prev[0]
+                    pps = max((row["frames"] + row["injected"] - prev[1]) / dt, 0.0)
+                    bps = max(8 * (row["bytes"] - prev[2]) / dt, 0.0)
+                self._previous[key] = (now, row["frames"] + row["injected"], row["bytes"])
+                samples.append(LinkSample(now, row["link"], row["src"], row["dst"], row["frames"],
+                                          row["bytes"], row["drops"], row["malformed"],
+                                          row["injected"], pps, bps))
+                extra.append((row["kind"], address))
+        table = records(samples)
+        if isinstance(table, list):
+            for row, (kind, address) in zip(table, extra, strict=True):
+                row.update(kind=kind, worker=address)
+            return table
+        table["kind"] = [k for k, _ in extra]
+        table["worker"] = [a for _, a in extra]
+        return table
+
+    def _holder(self, link: LinkRef) -> Any:
+        a, b = link
+        if self.placement[a].address == self.placement[b].address:
+            return self._actor(a)
+        lp = next((lp for lp in self.plan.links if {lp.a, lp.b} == {a, b}), None)
+        if lp is None:
+            raise KeyError(f"no link between {a!r} and {b!r}")
+        return self._actor(lp.a)  # the listening end's relays
+
+    def _frames(self, link: LinkRef, direction: str, count: int | None) -> list[Any]:
+        frames: list[Any] = self._holder(link).trace(link[0], link[1], count).result(timeout=30)
+        if direction == "forward":
+            frames = [f for f in frames if f[0] == tuple(link)]
+        elif direction == "backward":
+            frames = [f for f in frames if f[0] == (link[1], link[0])]
+        return frames
+
+    def trace(self, link: LinkRef, count: int | None = 50, *, direction: str = "both") -> Any:
+        self._require_running()
+        return to_packets(self._frames(link, direction, count))
+
+    def set_trace_filter(self, link: LinkRef, expr: str | None) -> None:
+        self._holder(link).set_trace_filter(link[0], link[1], expr).result(timeout=30)
+
+    def inject(self, link: LinkRef, packet: Any, *, count: int = 1, interval: float = 0.0) -> None:
+        """Send ``packet`` (scapy or bytes) on ``link`` = (a, b) toward b, as :meth:`Lab.inject`."""
+        self._require_running()
+        wait = 30 + count * interval
+        self._holder(link).inject(link[0], link[1], bytes(packet), count, interval).result(timeout=wait)
+
+    def save_pcap(self, link: LinkRef, path: str | Path, *, direction: str = "both") -> int:
+        return write_pcap([f for _, f in self._frames(link, direction, None)], path)
+
+    def follow(self, packet: Any, *, window: float = 2.0) -> Journey:
+        everything = []
+        for lp in self.plan.links:
+            everything += self._frames((lp.a, lp.b), "both", None)
+        return follow_packet(packet, to_packets(everything), window=window)
+
+    def nf_counters(self, node: str) -> dict[str, Any]:
+        from ..observe.samples import parse_proc_net_dev
+
+        files = self._actor(node).read_files(node, ["/proc/net/dev",
+                                                    "/proc/sys/net/netfilter/nf_conntrack_count"])
+        files = files.result(timeout=30)
+        dev, count = files.get("/proc/net/dev"), files.get("/proc/sys/net/netfilter/nf_conntrack_count")
+        return {"interfaces": parse_proc_net_dev(dev.decode()) if dev else {},
+                "conntrack_entries": int(count) if count and count.strip().isdigit() else None,
+                "worker": self.worker_of(node)}
+
+    def drain_events(self) -> list[tuple[float, str]]:
+        """Link ends, refused connections and lease expiries the workers saw since the last call."""
+        for actor in self._actors.values():
+            try:
+                self.events += actor.drain_events().result(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - a lost worker is itself an event
+                self.events.append((time.time(), f"worker unreachable: {exc}"))
+        return list(self.events)
+
+    def __repr__(self) -> str:
+        spread: dict[str, list[str]] = {}
+        for node, w in self.placement.items():
+            spread.setdefault(w.name, []).append(node)
+        return f"<DistributedLab {len(self)} nodes on {len(spread)} workers {self._state}>"
+
+
+def _workers(client: Any) -> list[WorkerInfo]:
+    try:
+        info = client.scheduler_info()["workers"]
+    except Exception as exc:  # noqa: BLE001
+        raise StdpktError(f"cannot ask the Dask scheduler for its workers: {exc}") from exc
+    workers = [WorkerInfo(address, str(w.get("name", address)), int(w.get("memory_limit") or 0))
+               for address, w in info.items()]
+    if not workers:
+        raise ChainError("the Dask cluster has no workers")
+    return sorted(workers, key=lambda w: w.address)
