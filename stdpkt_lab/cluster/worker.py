@@ -17,7 +17,6 @@ scheduler, a network partition), so nothing outlives its owner on any worker.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Any
 from ..engine.agent import ExecResult
 from ..engine.instance import Instance
 from ..engine.links import Link
+from ..engine.ownership import remove_run_dir
 from ..engine.paths import make_run_root
 from ..engine.spec import InstanceSpec
 from ..engine.streams import StreamEnds, StreamPort, listen_socket
@@ -247,7 +247,7 @@ class WorkerSide:
             except Exception:  # noqa: BLE001 - stop the others regardless
                 log.exception("stopping %s", instance.name)
         if self._run_root is not None:
-            shutil.rmtree(self._run_root, ignore_errors=True)
+            remove_run_dir(self._run_root)  # with its owner file (engine/ownership.py)
         self._spawner.shutdown(wait=False)
 
     def __del__(self) -> None:  # the actor released by Dask: no owner is left
