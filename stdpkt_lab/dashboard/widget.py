@@ -24,7 +24,7 @@ from .graph import STATE_COLOURS, ChainGraph, LinkKey
 from .rates import RatePlots
 
 if TYPE_CHECKING:
-    from ..lab import Lab
+    from .source import LabView
 
 __all__ = ["Dashboard", "LiveBokehModel", "load_bokehjs"]
 
@@ -75,7 +75,7 @@ class Dashboard(widgets.VBox):
     :meth:`close`, or the lab stopping) ends the thread.
     """
 
-    def __init__(self, lab: Lab, *, rate_hz: float = 4.0, table_hz: float = 2.0, table_rows: int = 12,
+    def __init__(self, lab: LabView, *, rate_hz: float = 4.0, table_hz: float = 2.0, table_rows: int = 12,
                  window_s: float = 60.0, capture_dir: str = "captures") -> None:
         self.lab = lab
         self.rate_hz = rate_hz

@@ -36,6 +36,7 @@ from ..errors import BootError, ConfigError, EnvironmentProblem, InstanceDied, S
 from . import bootprofile
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
+from .ipv6 import ipv6_setup
 from .mconsole import MConsole
 from .paths import helper, kernel_binary, lkl_dir, make_run_root
 from .spec import InstanceSpec
@@ -110,6 +111,7 @@ class Instance:
         self.script_status: int | None = None
         self.boot_started: float | None = None
         self.boot_seconds: float | None = None
+        self._boot_ipv6 = spec.ipv6  # what the kernel command line set (a pooled one keeps it)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -158,6 +160,11 @@ class Instance:
 
     def __repr__(self) -> str:
         return f"<Instance {self.name} {self._state.value} pid={self.pid}>"
+
+    def _repr_html_(self) -> str:
+        from .instance_view import instance_html
+
+        return instance_html(self)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -375,6 +382,7 @@ class Instance:
                 uml_dir=str(run_dir),
                 umid=spec.name,
                 extra=[f"STDPKT_CONF={conf}"],
+                ipv6=spec.ipv6,
             )
             argv = [*confinement.launcher_argv(run_dir, parent_pid=os.getpid()), kernel_binary(), *args]
             env = {k: v for k, v in os.environ.items() if not k.startswith(("IF", "IP", "NETMASK"))}
@@ -438,8 +446,9 @@ class Instance:
         if spec.routes:
             (run_dir / "routes").write_text("".join(f"route add {r}\n" for r in spec.routes))
             values["STDPKT_ROUTES"] = f"{GUEST_RUN_DIR}/routes"
-        if spec.setup:
-            (run_dir / "setup.sh").write_text(spec.setup)
+        setup = ipv6_setup(spec.ipv6, booted_with=self._boot_ipv6) + (spec.setup or "")
+        if setup:
+            (run_dir / "setup.sh").write_text(setup)
             values["STDPKT_SETUP"] = f"{GUEST_RUN_DIR}/setup.sh"
         if self._pooled and not self._configured:
             values["STDPKT_POOL"] = "1"
