@@ -218,3 +218,27 @@ def test_ipv6_node_option_only_that_node() -> None:
         assert set(b.family) == {"ipv4"}
         info = json.loads(_exec_clean(lab, "b", ["ip", "-j", "addr"]))
         assert not any(x["family"] == "inet6" for link in info for x in link["addr_info"])
+
+
+def test_dashboard_state_tab_shows_live_tables(lab: sl.Lab) -> None:
+    from stdpkt_lab.dashboard.state_tab import StateTab
+
+    board = lab.dashboard()
+    try:
+        tab = board.state_tab
+        assert isinstance(tab, StateTab) and "NF state" in board.controls.tabs.titles
+        assert tab.node.value == "nat"  # NFs first, not the hosts
+        board.controls.tabs.selected_index = list(board.controls.tabs.titles).index("NF state")
+        lab.exec("client", "echo live | nc -u -w 1 -p 40777 server 9998; true")
+        deadline = time.monotonic() + 15
+        while "40777" not in tab.view.value and time.monotonic() < deadline:
+            time.sleep(0.2)  # the dashboard's thread refreshes the visible tab once a second
+        html = tab.view.value
+        assert "40777" in html and "UNREPLIED" in html, html[:500]
+        for section in ("connections", "routes", "addresses", "neighbours"):
+            assert f"stdpkt-state-{section}" in html
+        assert str(lab.plan["nat"].spec.ports[1].address) in html
+        tab.node.value = "client"  # choosing another NF reads it at once
+        assert "<b>client</b>" in tab.view.value and "default" in tab.view.value
+    finally:
+        board.close()

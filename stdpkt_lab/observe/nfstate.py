@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from . import state
 
 __all__ = ["FileReader", "conntrack_table", "route_table", "address_table", "neighbour_table",
-           "CONNTRACK_FILE"]
+           "all_tables", "CONNTRACK_FILE"]
 
 CONNTRACK_FILE = "/proc/net/nf_conntrack"
 
@@ -51,3 +51,18 @@ def neighbour_table(agent: FileReader, *, timeout: float = 5.0) -> Any:
     """The IPv4 neighbour (ARP) cache."""
     (text,) = _read(agent, "/proc/net/arp", timeout=timeout)
     return state.table(state.parse_arp(text), state.NEIGHBOUR_COLUMNS)
+
+
+def all_tables(agent: FileReader, *, timeout: float = 5.0) -> dict[str, Any]:
+    """The four tables from one round trip: ``connections``, ``routes``, ``addresses``,
+    ``neighbours`` (what the dashboard's state tab shows)."""
+    paths = [CONNTRACK_FILE, "/proc/net/route", "/proc/net/ipv6_route", "/proc/net/fib_trie",
+             "/proc/net/if_inet6", "/proc/net/arp"]
+    ct, v4, v6, trie, inet6, arp = _read(agent, *paths, timeout=timeout)
+    return {
+        "connections": state.table(state.parse_conntrack(ct), state.CONNTRACK_COLUMNS),
+        "routes": state.table(state.parse_route(v4) + [
+            r for r in state.parse_ipv6_route(v6) if r["type"] == "unicast"], state.ROUTE_COLUMNS),
+        "addresses": state.table(state.parse_addresses(trie, v4, inet6), state.ADDRESS_COLUMNS),
+        "neighbours": state.table(state.parse_arp(arp), state.NEIGHBOUR_COLUMNS),
+    }
