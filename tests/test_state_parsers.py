@@ -45,8 +45,12 @@ def test_conntrack_proc_with_accounting() -> None:
     assert all(r["state"] is None and r["status"] == "UNREPLIED" and r["reply_packets"] == 0
                for r in udp)
     icmp = next(r for r in rows if r["protocol"] == "icmp")
-    assert icmp["sport"] is None and icmp["original"] == "10.0.0.2 → 10.0.1.2 type=8 code=0 id=89"
-    assert icmp["reply"] == "10.0.1.2 → 10.0.1.1 type=0 code=0 id=89" and icmp["nat"]
+    assert icmp["sport"] is None and icmp["original"] == "10.0.0.2 → 10.0.1.2 echo id=89"
+    assert icmp["reply"] == "10.0.1.2 → 10.0.1.1 echo-reply id=89" and icmp["nat"]
+    (unreachable,) = state.parse_conntrack(
+        "ipv4 2 icmp 1 29 src=10.0.0.2 dst=10.0.1.2 type=3 code=1 src=10.0.1.2 dst=10.0.0.2 "
+        "type=3 code=1 mark=0 use=1")
+    assert unreachable["original"] == "10.0.0.2 → 10.0.1.2 type=3 code=1" and not unreachable["nat"]
 
 
 def test_conntrack_tool_output_parses_the_same() -> None:

@@ -20,8 +20,7 @@ __all__ = ["StateTab", "state_html", "SHOWN_COLUMNS"]
 
 #: what each table shows (the DataFrames from Lab.conntrack() etc. have more)
 SHOWN_COLUMNS: dict[str, tuple[str, ...]] = {
-    "connections": ("protocol", "state", "original", "reply", "packets", "bytes",
-                    "reply_packets", "reply_bytes", "timeout", "status"),
+    "connections": ("protocol", "state", "original", "reply", "packets", "bytes", "timeout", "status"),
     "routes": ("family", "destination", "gateway", "interface", "metric"),
     "addresses": ("interface", "family", "cidr", "scope"),
     "neighbours": ("address", "lladdr", "interface", "state"),
@@ -29,32 +28,53 @@ SHOWN_COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
     try:
         import pandas as pd
 
-        if value is None or (not isinstance(value, str) and pd.isna(value)):
+        if not isinstance(value, str) and pd.isna(value):
             return ""
     except (ImportError, TypeError, ValueError):
         pass
     return value
 
 
+def _pair(a: Any, b: Any) -> str:
+    a, b = _cell(a), _cell(b)
+    return f"{a} / {b}" if a != "" or b != "" else ""
+
+
+def _rows(name: str, records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    if name != "connections":
+        return [[_cell(r.get(c)) for c in SHOWN_COLUMNS[name]] for r in records]
+    ordered = sorted(records, key=lambda r: (str(r.get("protocol")), str(r.get("original"))))
+    return [[_cell(r.get("protocol")), _cell(r.get("state")), r.get("original", ""), r.get("reply", ""),
+             _pair(r.get("packets"), r.get("reply_packets")), _pair(r.get("bytes"), r.get("reply_bytes")),
+             _cell(r.get("timeout")), _cell(r.get("status"))] for r in ordered]
+
+
 def state_html(node: str, tables: Mapping[str, Any], *, max_rows: int = 25,
                when: float | None = None) -> str:
-    """The four tables of ``node`` as HTML (each frame cut to ``max_rows``)."""
-    parts = [f"<div class='stdpkt-state'><b>{html.escape(node)}</b> "
-             f"<span style='color:#888'>read from /proc at "
-             f"{time.strftime('%H:%M:%S', time.localtime(when or time.time()))}</span>"]
+    """The four tables of ``node`` as HTML (each cut to ``max_rows``): connections across,
+    routes, addresses and neighbours side by side under it."""
+    parts: list[str] = []
     for name, columns in SHOWN_COLUMNS.items():
         frame: Any = tables.get(name)
         records: Sequence[Mapping[str, Any]] = (
             frame.to_dict("records") if hasattr(frame, "to_dict") else (frame or []))
-        rows = [[_cell(r.get(c)) for c in columns] for r in records[:max_rows]]
+        rows = _rows(name, records)[:max_rows]
         more = f", first {max_rows} shown" if len(records) > max_rows else ""
+        if name == "connections":
+            columns = ("protocol", "state", "original", "reply", "packets →/←", "bytes →/←",
+                       "timeout s", "status")
         parts.append(html_table(columns, rows, title=name, note=f"({len(records)}{more})",
-                                css_class=f"stdpkt-state-{name}"))
-    parts.append("</div>")
-    return "".join(parts)
+                                css_class=f"stdpkt-state-{name}", dense=True))
+    stamp = time.strftime("%H:%M:%S", time.localtime(when or time.time()))
+    return (f"<div class='stdpkt-state'><b>{html.escape(node)}</b> "
+            f"<span style='color:#888'>read from its kernel's /proc at {stamp}</span>{parts[0]}"
+            f"<div style='display:flex;flex-wrap:wrap;gap:18px;margin-top:4px'>{''.join(parts[1:])}</div>"
+            f"</div>")
 
 
 class StateTab:

@@ -74,12 +74,21 @@ def _endpoint(addr: Any, port: Any) -> str:
 
 
 def _tuple_text(t: Mapping[str, str]) -> str:
-    """``"10.0.0.2:5123 → 10.0.1.2:80"``; ICMP: ``"10.0.0.2 → 10.0.1.2 type=8 code=0 id=89"``."""
+    """``"10.0.0.2:5123 → 10.0.1.2:80"``; ICMP: ``"10.0.0.2 → 10.0.1.2 echo id=89"``
+    (``type=3 code=1`` for types without a name here)."""
     if not t:
         return ""
     text = f"{_endpoint(t.get('src'), t.get('sport'))} → {_endpoint(t.get('dst'), t.get('dport'))}"
-    icmp = " ".join(f"{k}={t[k]}" for k in ("type", "code", "id") if k in t)
-    return f"{text} {icmp}" if icmp else text
+    if "type" not in t:
+        return text
+    name = _ICMP_NAMES.get((t.get("type"), t.get("code")))
+    icmp = name or " ".join(f"{k}={t[k]}" for k in ("type", "code") if k in t)
+    return f"{text} {icmp}" + (f" id={t['id']}" if "id" in t else "")
+
+
+#: ICMP (type, code) names in tuple texts (others show as type=… code=…)
+_ICMP_NAMES = {("8", "0"): "echo", ("0", "0"): "echo-reply", ("128", "0"): "echo",
+               ("129", "0"): "echo-reply"}
 
 
 def parse_conntrack(text: str) -> list[dict[str, Any]]:
