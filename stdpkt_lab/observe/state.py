@@ -30,10 +30,10 @@ __all__ = [
     "parse_if_inet6", "parse_addresses", "parse_ip_json", "parse_arp", "table",
 ]
 
-CONNTRACK_COLUMNS = (
-    "family", "protocol", "state", "original", "reply", "src", "dst", "sport", "dport",
-    "reply_src", "reply_dst", "reply_sport", "reply_dport", "packets", "bytes",
-    "reply_packets", "reply_bytes", "timeout", "mark", "zone", "status", "nat",
+CONNTRACK_COLUMNS = (  # what a person reads first, then each tuple's fields for filtering
+    "protocol", "state", "original", "reply", "packets", "bytes", "reply_packets", "reply_bytes",
+    "timeout", "status", "nat", "mark", "zone", "family", "src", "dst", "sport", "dport",
+    "reply_src", "reply_dst", "reply_sport", "reply_dport",
 )
 ROUTE_COLUMNS = ("family", "destination", "gateway", "interface", "metric", "type", "route_flags")
 ADDRESS_COLUMNS = ("interface", "family", "address", "prefixlen", "cidr", "scope", "addr_flags")
