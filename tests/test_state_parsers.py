@@ -245,3 +245,24 @@ def test_lower_layers_never_import_lab() -> None:
             if "stdpkt_lab.lab" in _imports(path):
                 offenders.append(str(path.relative_to(PKG)))
     assert not offenders, offenders
+
+
+def test_html_reprs_before_anything_boots() -> None:
+    import networkx as nx
+
+    import stdpkt_lab as sl
+    from stdpkt_lab.engine.instance import Instance
+
+    g = nx.Graph()
+    g.add_node("client", kind="host")
+    g.add_node("nat", kind="nat", outside="server", ipv6=True)
+    g.add_node("server", kind="host")
+    g.add_edges_from([("client", "nat"), ("nat", "server")])
+    lab = sl.Lab(g, progress=False)
+    html = lab._repr_html_()
+    assert "Lab: 3 nodes, created" in html and html.count("<tr>") == 1 + 3
+    assert f"eth1 {lab.plan['nat'].spec.ports[1].address} → server" in html
+    assert ">nat<" in html and ">on<" in html and ">off<" in html
+    inst = Instance(lab.plan["nat"].spec)
+    shown = inst._repr_html_()
+    assert "created" in shown and str(lab.plan["nat"].spec.ports[0].address) in shown

@@ -242,3 +242,31 @@ def test_dashboard_state_tab_shows_live_tables(lab: sl.Lab) -> None:
         assert "<b>client</b>" in tab.view.value and "default" in tab.view.value
     finally:
         board.close()
+
+
+def test_pooled_instances_take_the_ipv6_setting_of_their_spec() -> None:
+    import ipaddress
+
+    from stdpkt_lab.engine.pool import InstancePool
+    from stdpkt_lab.engine.spec import InstanceSpec, PortSpec
+
+    def spec(name: str, ipv6: bool) -> InstanceSpec:
+        return InstanceSpec(name, ports=(PortSpec(0, ipaddress.IPv4Interface("10.9.0.1/24")),),
+                            ipv6=ipv6)
+
+    with InstancePool(2, ports=1, refill=False) as pool:
+        pool.wait_filled(120)
+        on, off = pool.take(spec("six", True)), pool.take(spec("four", False))
+        try:
+            on.wait_ready(60)
+            off.wait_ready(60)
+
+            def inet6(inst) -> str:
+                return (inst.agent.read_files(["/proc/net/if_inet6"])["/proc/net/if_inet6"] or b"").decode()
+
+            assert " eth0" in inet6(on) and "fe80" in inet6(on)  # booted blank (off), turned on
+            assert inet6(off).strip() == ""
+            assert "ipv6.disable_ipv6=1" in off.read_file("/proc/cmdline").decode()
+        finally:
+            on.stop()
+            off.stop()
