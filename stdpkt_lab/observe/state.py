@@ -81,7 +81,7 @@ def _tuple_text(t: Mapping[str, str]) -> str:
     text = f"{_endpoint(t.get('src'), t.get('sport'))} → {_endpoint(t.get('dst'), t.get('dport'))}"
     if "type" not in t:
         return text
-    name = _ICMP_NAMES.get((t.get("type"), t.get("code")))
+    name = _ICMP_NAMES.get((t.get("type", ""), t.get("code", "")))
     icmp = name or " ".join(f"{k}={t[k]}" for k in ("type", "code") if k in t)
     return f"{text} {icmp}" + (f" id={t['id']}" if "id" in t else "")
 
