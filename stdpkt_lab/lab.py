@@ -357,7 +357,7 @@ class Lab:
     # --- state tables ---
     def conntrack(self, node: str) -> Any:
         """``node``'s connection-tracking table as a DataFrame: protocol, state, original and
-        reply tuples, packets/bytes per direction, timeout, mark, flags, ``nat``."""
+        reply tuples, packets/bytes per direction, timeout, mark, status, ``nat``."""
         from .observe.nfstate import conntrack_table
 
         self._require_running()
