@@ -184,18 +184,19 @@ def _two_hosts(**graph: object) -> nx.Graph:
 def test_ipv6_on_pings6_between_two_nodes() -> None:
     with sl.Lab(_two_hosts(ipv6=True), progress=False) as lab:
         assert lab.plan["a"].spec.ipv6 and lab.plan["b"].spec.ipv6
+        def link_local(node: str) -> pd.DataFrame:
+            addrs = lab.addresses(node)
+            return addrs[(addrs.family == "ipv6") & (addrs.scope == "link")]
+
         deadline = time.monotonic() + 20
-        addrs = pd.DataFrame()
-        while time.monotonic() < deadline:  # duplicate address detection takes ~1 s
-            addrs = lab.addresses("b")
-            ll = addrs[(addrs.family == "ipv6") & (addrs.scope == "link")]
-            if len(ll) and "tentative" not in ll.iloc[0].addr_flags:
+        while time.monotonic() < deadline:  # duplicate address detection takes ~1 s on each end
+            ready = [link_local(n) for n in ("a", "b")]
+            if all(len(ll) and "tentative" not in ll.iloc[0].addr_flags for ll in ready):
                 break
             time.sleep(0.3)
-        target = ll.iloc[0].address
-        r = lab.exec("a", ["ping", "-6", "-c", "2", "-W", "3", f"{target}%eth0"], timeout=30)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "2 received" in r.stdout
+        target = link_local("b").iloc[0].address
+        r = lab.exec("a", ["ping", "-6", "-c", "3", "-W", "3", f"{target}%eth0"], timeout=30)
+        assert r.returncode == 0 and f"bytes from {target}" in r.stdout, r.stdout + r.stderr
         routes = lab.routes("a")
         assert "fe80::/64" in set(routes[routes.family == "ipv6"].destination)
         # the frames on the link were IPv6 (ethertype 0x86dd)
