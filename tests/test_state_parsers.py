@@ -42,7 +42,7 @@ def test_conntrack_proc_with_accounting() -> None:
     }
     udp = [r for r in rows if r["protocol"] == "udp"]
     assert {r["dport"] for r in udp} == {53, 5353}
-    assert all(r["state"] is None and r["status"] == "UNREPLIED" and r["reply_packets"] == 0
+    assert all(r["state"] == "" and r["status"] == "UNREPLIED" and r["reply_packets"] == 0
                for r in udp)
     icmp = next(r for r in rows if r["protocol"] == "icmp")
     assert icmp["sport"] is None and icmp["original"] == "10.0.0.2 → 10.0.1.2 echo id=89"

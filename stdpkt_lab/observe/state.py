@@ -94,7 +94,7 @@ _ICMP_NAMES = {("8", "0"): "echo", ("0", "0"): "echo-reply", ("128", "0"): "echo
 def parse_conntrack(text: str) -> list[dict[str, Any]]:
     """``/proc/net/nf_conntrack`` (or ``conntrack -L [-o extended]``) → one row per
     connection: the original and reply tuples (``original`` = ``"src:sport → dst:dport"``
-    and each field), state (TCP), timeout (s), mark, zone, status (``ASSURED``,
+    and each field), state (TCP; "" for the others), timeout (s), mark, zone, status (``ASSURED``,
     ``UNREPLIED``), packets/bytes per direction when accounting is on (else None),
     and ``nat``: whether the reply tuple is not the mirrored original (a NAT rewrote it).
 
@@ -152,7 +152,7 @@ def parse_conntrack(text: str) -> list[dict[str, Any]]:
         rows.append({
             "family": family,
             "protocol": protocol,
-            "state": state,
+            "state": state or "",  # TCP (and SCTP, DCCP) only
             "original": _tuple_text(orig),
             "reply": _tuple_text(reply),
             "src": orig.get("src"), "dst": orig.get("dst"), "sport": sport, "dport": dport,
