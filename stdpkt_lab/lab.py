@@ -359,6 +359,43 @@ class Lab:
     def __repr__(self) -> str:
         return f"<Lab {len(self)} nodes {self._state.value}>"
 
+    # --- notebook view ---
+    def _repr_html_(self) -> str:
+        """Nodes with kind, state and addresses (Jupyter shows this for a bare ``lab``)."""
+        from .labview import lab_html
+
+        return lab_html(self)
+
+    # --- state tables ---
+    def conntrack(self, node: str) -> Any:
+        """``node``'s connection-tracking table as a DataFrame: protocol, state, original and
+        reply tuples, packets/bytes per direction, timeout, mark, status, ``nat``."""
+        from .observe.nfstate import conntrack_table
+
+        self._require_running()
+        return conntrack_table(self[node].agent)
+
+    def routes(self, node: str, *, all: bool = False) -> Any:
+        """``node``'s routes (IPv4 main table, IPv6 unicast; ``all=True``: every IPv6 entry)."""
+        from .observe.nfstate import route_table
+
+        self._require_running()
+        return route_table(self[node].agent, all=all)
+
+    def addresses(self, node: str) -> Any:
+        """``node``'s IPv4 and IPv6 addresses with interface, prefix length and scope."""
+        from .observe.nfstate import address_table
+
+        self._require_running()
+        return address_table(self[node].agent)
+
+    def neighbours(self, node: str) -> Any:
+        """``node``'s IPv4 neighbour (ARP) cache."""
+        from .observe.nfstate import neighbour_table
+
+        self._require_running()
+        return neighbour_table(self[node].agent)
+
 
 def _parse_iptables_save(text: str) -> list[dict[str, Any]]:
     """``iptables-save -c`` → one row per rule and per chain policy, with its counters."""

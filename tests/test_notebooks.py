@@ -71,7 +71,10 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path) -> None:
     if name.startswith("01"):
         assert "hello from server" in text
         assert "application/vnd.bokehjs_load.v0+json" in raw  # the dashboard was shown, BokehJS inline
-        assert re.search(r"src=10\.0\.0\.\d+ dst=\S+ sport=\d+ dport=80", text), "no conntrack entry shown"
+        assert re.search(r"10\.0\.0\.\d+:\d+ → 10\.0\.\d+\.\d+:80", text), "no conntrack entry shown"
+        assert "stdpkt-lab" in text and "stdpkt-journey" in text  # the HTML reprs were shown
+        assert "background:#fff3b0" in text  # a rewritten field highlighted in the journey
+        assert "hint:" in text and "t=17" not in text  # an error's hint; no raw epoch times
     if name.startswith("02"):
         assert re.search(r"'b1': 10, 'b2': 10, 'b3': 10", text), "round robin did not spread 30 requests"
     if name == "04-exercise.ipynb":

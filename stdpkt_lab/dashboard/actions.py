@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..describe.rules import parse_rule, resolve_peer
 
 if TYPE_CHECKING:
-    from ..lab import Lab
+    from .source import LabView
 
 __all__ = ["Actions", "Job", "TRAFFIC_KINDS", "traffic_command"]
 
@@ -79,7 +79,7 @@ class Job:
 class Actions:
     """Acts on ``lab`` in ``workers`` background threads; results go to :attr:`log`."""
 
-    def __init__(self, lab: Lab, *, workers: int = 3, log_lines: int = 8) -> None:
+    def __init__(self, lab: LabView, *, workers: int = 3, log_lines: int = 8) -> None:
         self.lab = lab
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stdpkt-action")
         self._lock = threading.Lock()

@@ -16,7 +16,7 @@ from .actions import TRAFFIC_KINDS, Actions
 from .formatting import log_html
 
 if TYPE_CHECKING:
-    from ..lab import Lab
+    from .source import LabView
 
 __all__ = ["Controls"]
 
@@ -30,7 +30,7 @@ def _label(text: str) -> widgets.HTML:
 class Controls:
     """Tabs of controls acting on ``lab`` through ``actions``; :attr:`widget` is the view."""
 
-    def __init__(self, lab: Lab, actions: Actions) -> None:
+    def __init__(self, lab: LabView, actions: Actions) -> None:
         self.lab = lab
         self.actions = actions
         nodes = list(lab.plan.nodes)

@@ -22,9 +22,10 @@ from .controls import Controls
 from .formatting import human_bps, human_pps, packet_rows, packets_html
 from .graph import STATE_COLOURS, ChainGraph, LinkKey
 from .rates import RatePlots
+from .state_tab import StateTab
 
 if TYPE_CHECKING:
-    from ..lab import Lab
+    from .source import LabView
 
 __all__ = ["Dashboard", "LiveBokehModel", "load_bokehjs"]
 
@@ -75,7 +76,7 @@ class Dashboard(widgets.VBox):
     :meth:`close`, or the lab stopping) ends the thread.
     """
 
-    def __init__(self, lab: Lab, *, rate_hz: float = 4.0, table_hz: float = 2.0, table_rows: int = 12,
+    def __init__(self, lab: LabView, *, rate_hz: float = 4.0, table_hz: float = 2.0, table_rows: int = 12,
                  window_s: float = 60.0, capture_dir: str = "captures") -> None:
         self.lab = lab
         self.rate_hz = rate_hz
@@ -103,6 +104,8 @@ class Dashboard(widgets.VBox):
                                     self._lock)
         self.actions = Actions(lab)
         self.controls = Controls(lab, self.actions)
+        self.state_tab = StateTab(lab)
+        self.state_tab.attach(self.controls.tabs)
 
         self.status = widgets.HTML()
         legend = " ".join(f"<span style='color:{c}'>&#9679;</span> {s}"
@@ -204,6 +207,7 @@ class Dashboard(widgets.VBox):
             self.graph.update(states, self._rates, self._info)
             self._status(states, sample)
             self.controls.refresh()
+            self.state_tab.refresh()
             if self._round % self.table_every == 1 or self.table_every == 1:
                 self._refresh_table()
 

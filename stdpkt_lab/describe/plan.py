@@ -6,8 +6,9 @@ Graph conventions:
   subclass) plus that kind's parameters as attributes.  Every node also
   accepts ``routes=[...]`` (replaces its derived routes; ``via`` may name a
   neighbour), ``gateway=`` (address or neighbour name; ``""`` for none),
-  ``mem_mb=``, ``env={...}`` (extra guest variables) and the drawing
-  attributes ``label``/``pos``, which are ignored.
+  ``mem_mb=``, ``env={...}`` (extra guest variables), ``ipv6=True`` (IPv6 on
+  its interfaces; off by default, ``g.graph["ipv6"] = True`` turns it on for
+  every node) and the drawing attributes ``label``/``pos``, which are ignored.
 * Every edge is a link (direction in a DiGraph is ignored; ``a→b`` plus
   ``b→a`` is one link).  Edges may carry ``subnet=``, ``mtu=`` and
   ``addr={end: "10.0.0.2[/24]"}`` — see :mod:`~stdpkt_lab.describe.addressing`.
@@ -55,6 +56,7 @@ NODE_ATTRIBUTES: dict[str, str] = {
     "routes": "explicit 'ip route' arguments replacing the derived routes",
     "gateway": "explicit default gateway (address or neighbour name)",
     "mem_mb": "guest memory in MiB",
+    "ipv6": "IPv6 on this node's interfaces (default off; the graph attribute ipv6=True sets it for all)",
     "env": "extra environment variables in the guest",
     "label": "ignored (drawing)",
     "pos": "ignored (drawing)",
@@ -222,7 +224,8 @@ def build_plan(
     hosts = _hosts_text(names, resolved)
     nodes: dict[str, NodePlan] = {}
     for n in names:
-        nodes[n] = _node_plan(n, kinds[n], ctxs[n], graph.nodes[n], tables[n], order, hosts)
+        nodes[n] = _node_plan(n, kinds[n], ctxs[n], graph.nodes[n], tables[n], order, hosts,
+                              ipv6_default=graph.graph.get("ipv6", False))
     link_plans = []
     for i, link in enumerate(links):
         pa = next(p for p in addressing.ports[link.a] if p.link == i)
@@ -357,6 +360,8 @@ def _node_plan(
     table: RouteTable,
     order: list[IPv4Network],
     hosts: str,
+    *,
+    ipv6_default: object = False,
 ) -> NodePlan:
     routes = format_routes(table, order)
     gateway = table.gateway
@@ -373,6 +378,9 @@ def _node_plan(
         raise ctx.error(f"env must map variable names to values, got {extra!r}")
     env.update({k: str(v) for k, v in extra.items()})
     mem = attrs.get("mem_mb", kind.mem_mb)
+    ipv6 = attrs.get("ipv6", ipv6_default)
+    if not isinstance(ipv6, bool):
+        raise ctx.error(f"ipv6 must be True or False, got {ipv6!r}")
     ports = tuple(PortSpec(p.index, p.address, p.mtu) for p in ctx.ports)
     try:
         spec = InstanceSpec(
@@ -384,6 +392,7 @@ def _node_plan(
             env=env,
             hosts=hosts,
             mem_mb=mem,
+            ipv6=ipv6,
         )
     except (ValueError, TypeError) as exc:
         raise ctx.error(str(exc)) from None

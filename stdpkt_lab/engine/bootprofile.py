@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .paths import lkl_dir
 
-__all__ = ["VectorPort", "profile_args", "kernel_args"]
+__all__ = ["VectorPort", "profile_args", "module_args", "kernel_args"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ def profile_args(profile: Path | None = None) -> tuple[str, ...]:
     return _read_profile(profile or lkl_dir() / "boot-profile")
 
 
+def module_args(*, ipv6: bool) -> list[str]:
+    """Options for modules loaded on demand (modprobe reads them from /proc/cmdline)."""
+    return ["nf_conntrack.acct=1", *(() if ipv6 else ("ipv6.disable_ipv6=1",))]
+
+
 def kernel_args(
     *,
     mem_mb: int,
@@ -49,9 +54,18 @@ def kernel_args(
     umid: str,
     extra: Sequence[str] = (),
     profile: Path | None = None,
+    ipv6: bool = False,
 ) -> list[str]:
-    """The full kernel argument list (without the kernel binary itself)."""
-    args = [f"mem={mem_mb}M", *profile_args(profile), f"init={init}"]
+    """The full kernel argument list (without the kernel binary itself).
+
+    ``ipv6=False`` boots with ``ipv6.disable_ipv6=1``: IPv6 is a module in Debian's UML
+    kernel and modprobe applies ``module.param`` options from the command line when it
+    loads, so interfaces get no IPv6 addresses (no MLD or neighbour discovery on the
+    links) while AF_INET6 sockets still open (a server listening on ``[::]`` works).
+    ``sysctl net.ipv6.conf.all.disable_ipv6=0`` turns it back on.  Connection-tracking
+    accounting (``nf_conntrack.acct=1``: packets/bytes per connection) is always on.
+    """
+    args = [f"mem={mem_mb}M", *profile_args(profile), f"init={init}", *module_args(ipv6=ipv6)]
     args.append(f"con0=fd:{console[0]},fd:{console[1]}")
     if agent is not None:
         args.append(f"con1=fd:{agent[0]},fd:{agent[1]}")

@@ -45,6 +45,7 @@ from ..errors import BootError, ConfigError, EnvironmentProblem, InstanceDied, S
 from . import bootprofile, quota
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
+from .ipv6 import ipv6_setup
 from .mconsole import MConsole
 from .ownership import add_owner, create_owned_subdir, kill_marked, remove_run_dir
 from .paths import helper, kernel_binary, lkl_dir, make_run_root
@@ -119,6 +120,7 @@ class Instance:
         self.boot_started: float | None = None
         self.boot_seconds: float | None = None
         self._quota: quota.Claim | None = None  # per-user cap (engine/quota.py)
+        self._boot_ipv6 = spec.ipv6  # what the kernel command line set (a pooled one keeps it)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -167,6 +169,11 @@ class Instance:
 
     def __repr__(self) -> str:
         return f"<Instance {self.name} {self._state.value} pid={self.pid}>"
+
+    def _repr_html_(self) -> str:
+        from .instance_view import instance_html
+
+        return instance_html(self)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -412,6 +419,7 @@ class Instance:
                 uml_dir=str(run_dir),
                 umid=spec.name,
                 extra=[f"STDPKT_CONF={conf}"],
+                ipv6=spec.ipv6,
             )
             argv = [*confinement.launcher_argv(run_dir, parent_pid=os.getpid()), kernel_binary(), *args]
             env = {k: v for k, v in os.environ.items() if not k.startswith(("IF", "IP", "NETMASK"))}
@@ -476,8 +484,9 @@ class Instance:
         if spec.routes:
             _guest_file(run_dir / "routes", "".join(f"route add {r}\n" for r in spec.routes))
             values["STDPKT_ROUTES"] = f"{GUEST_RUN_DIR}/routes"
-        if spec.setup:
-            _guest_file(run_dir / "setup.sh", spec.setup)
+        setup = ipv6_setup(spec.ipv6, booted_with=self._boot_ipv6) + (spec.setup or "")
+        if setup:
+            _guest_file(run_dir / "setup.sh", setup)
             values["STDPKT_SETUP"] = f"{GUEST_RUN_DIR}/setup.sh"
         if self._pooled and not self._configured:
             values["STDPKT_POOL"] = "1"

@@ -56,6 +56,8 @@ class InstanceSpec:
     interfaces are up; ``setup`` is shell text run before it (what an NF kind
     configures); ``env`` is exported to both. ``routes`` are ``ip route``
     arguments (``"10.1.0.0/24 via 10.0.0.1"``); ``hosts`` the guest's /etc/hosts.
+    ``ipv6`` (off by default) gives the interfaces IPv6 (link-local addresses, neighbour
+    discovery); off, an IPv4 chain's links carry only its own traffic.
     """
 
     name: str
@@ -70,6 +72,7 @@ class InstanceSpec:
     cwd: str | None = None
     mem_mb: int = 128
     agent: bool = True
+    ipv6: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -16,12 +16,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .samples import LinkSample, NodeSample, Sample, parse_ip_vs, parse_proc_net_dev
+from .samples import LinkSample, NodeSample, Sample, parse_ip_vs, parse_proc_net_dev, records
 
 if TYPE_CHECKING:
-    from ..lab import Lab
+    from .source import ChainSource
 
 __all__ = ["Sampler", "Subscription"]
 
@@ -58,7 +58,7 @@ class Sampler:
     between repeat the last instance sample.
     """
 
-    def __init__(self, lab: Lab, *, rate_hz: float = 5.0, history: int = 600,
+    def __init__(self, lab: ChainSource, *, rate_hz: float = 5.0, history: int = 600,
                  nodes: bool = True, node_every: int = 5) -> None:
         if rate_hz <= 0:
             raise ValueError("rate_hz must be positive")
@@ -106,6 +106,11 @@ class Sampler:
     @property
     def latest(self) -> Sample | None:
         return self.history[-1] if self.history else None
+
+    def frame(self) -> Any:
+        """The kept history of link samples as one table (``records``: ``time`` a datetime
+        column, ``timestamp`` the raw float), oldest first."""
+        return records([ls for sample in list(self.history) for ls in sample.links])
 
     # ------------------------------------------------------------ sampling
     def _run(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["LinkSample", "NodeSample", "Sample", "parse_proc_net_dev", "parse_ip_vs", "records"]
@@ -92,10 +92,9 @@ def _hexaddr(text: str) -> str:
 
 
 def records(samples: list[LinkSample]) -> Any:
-    """A tidy table: a pandas DataFrame when pandas is installed, else a list of dicts."""
-    rows = [asdict(s) for s in samples]
-    try:
-        import pandas as pd
-    except ImportError:
-        return rows
-    return pd.DataFrame(rows)
+    """A tidy table: a pandas DataFrame (``time`` as datetime64, the raw float as
+    ``timestamp``) when pandas is installed, else a list of dicts."""
+    from .clock import time_frame
+
+    columns = ["time", *(f.name for f in fields(LinkSample) if f.name != "time"), "timestamp"]
+    return time_frame([asdict(s) for s in samples], columns=columns)

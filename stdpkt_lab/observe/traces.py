@@ -1,8 +1,12 @@
 """Packet traces from the relays' rings: raw bytes kept, dissected (scapy) only when asked.
 
 Each packet returned carries where it was seen: ``pkt.link`` = (src, dst) and
-``pkt.time`` (seconds, from the relay's timestamp); ``pkt.wirelen`` its length
-on the wire (the ring keeps at most ``trace_snap`` bytes of it).
+``pkt.time`` (seconds since the epoch, a float, from the relay's timestamp);
+``pkt.wirelen`` its length on the wire (the ring keeps at most ``trace_snap``
+bytes of it).  What a person reads shows datetimes: :class:`Trace` (the
+PacketList returned) renders as a table with a wall-clock column and has
+:meth:`Trace.to_frame`; a :class:`Journey` shows each hop's time and its
+offset in milliseconds from the first hop.
 """
 
 from __future__ import annotations
@@ -13,17 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..htmltable import Cell, html_table
 from ..relay import TracedFrame
 from ..relay import pcap as pcapfmt
+from .clock import clock_text, local_datetime, time_frame
 
 __all__ = ["to_packets", "write_pcap", "Hop", "Journey", "packet_key", "follow_packet"]
-
 
 def to_packets(frames: Iterable[tuple[tuple[str, str], TracedFrame]]) -> Any:
     """(link, frame) pairs → a scapy PacketList sorted by time."""
     import scapy.layers.inet  # noqa: F401 - binds IP/TCP/UDP/ICMP under Ether (else: Raw)
     from scapy.layers.l2 import Ether
-    from scapy.plist import PacketList
+
+    from .tracelist import Trace
 
     pkts: list[Any] = []
     for link, frame in sorted(frames, key=lambda lf: lf[1].ts_ns):
@@ -33,7 +39,7 @@ def to_packets(frames: Iterable[tuple[tuple[str, str], TracedFrame]]) -> Any:
         pkt.link = link
         pkt.injected = frame.injected
         pkts.append(pkt)
-    return PacketList(pkts, name="stdpkt trace")
+    return Trace(pkts, name="stdpkt trace")
 
 
 def write_pcap(frames: Sequence[TracedFrame], path: str | Path) -> int:
@@ -45,6 +51,11 @@ def write_pcap(frames: Sequence[TracedFrame], path: str | Path) -> int:
                                             orig_len=frame.orig_len, nanosecond=True))
             out.write(frame.data)
     return len(frames)
+
+
+def _summary(pkt: Any) -> str:
+    text = str(pkt.summary())
+    return text[len("Ether / "):] if text.startswith("Ether / ") else text
 
 
 def packet_key(pkt: Any) -> tuple | None:
@@ -87,17 +98,24 @@ def _fields(pkt: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Hop:
-    """The packet as seen on one link direction."""
+    """The packet as seen on one link direction; ``time`` in epoch seconds, ``offset_ms``
+    after the journey's first hop."""
 
     link: tuple[str, str]
     time: float
     packet: Any
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # field: (before, after)
+    offset_ms: float = 0.0
+
+    @property
+    def when(self) -> Any:
+        """The local wall-clock time of this sighting (a ``datetime``)."""
+        return local_datetime(self.time)
 
     def __str__(self) -> str:
         what = ", ".join(f"{k} {a}→{b}" for k, a, b in ((k, *v) for k, v in self.changed.items()))
-        return f"{self.link[0]}→{self.link[1]} t={self.time:.6f} {self.packet.summary()}" + (
-            f"  [{what}]" if what else "")
+        return (f"{self.link[0]}→{self.link[1]} {clock_text(self.time, digits=6)} "
+                f"+{self.offset_ms:.3f} ms {_summary(self.packet)}" + (f"  [{what}]" if what else ""))
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,38 @@ class Journey:
     def __str__(self) -> str:
         return "\n".join(str(h) for h in self.hops)
 
+    def to_frame(self) -> Any:
+        """One row per hop: ``time`` (datetime64), ``ms`` since the first hop, ``src``,
+        ``dst``, the followed header fields, ``changed`` (names), ``timestamp``."""
+        rows = []
+        for hop in self.hops:
+            row: dict[str, Any] = {"time": hop.time, "ms": round(hop.offset_ms, 3),
+                                   "src": hop.link[0], "dst": hop.link[1]}
+            row.update({k: str(v) for k, v in _fields(hop.packet).items() if not k.startswith("Ether.")})
+            row["changed"] = ", ".join(hop.changed)
+            rows.append(row)
+        return time_frame(rows)
+
+    def _repr_html_(self) -> str:
+        shown = [k for k in _SHOWN if any(k in _fields(h.packet) for h in self.hops)]
+        rows = []
+        for hop in self.hops:
+            values = _fields(hop.packet)
+            cells: list[Any] = [clock_text(hop.time, digits=6), f"+{hop.offset_ms:.3f}",
+                                f"{hop.link[0]} → {hop.link[1]}"]
+            for k in shown:
+                before = hop.changed.get(k)
+                cells.append(Cell(values.get(k, ""), highlight=before is not None,
+                                  title=f"was {before[0]}" if before else ""))
+            rows.append(cells)
+        note = f"{len(self.hops)} hops; highlighted: rewritten on that hop (hover for the old value)"
+        return html_table(("time", "ms", "link", *shown), rows, title="journey", note=note,
+                          css_class="stdpkt-journey")
+
+
+#: fields a journey's table shows (those present in at least one hop)
+_SHOWN = ("IP.src", "IP.dst", "TCP.sport", "TCP.dport", "UDP.sport", "UDP.dport", "ICMP.id", "IP.ttl")
+
 
 def follow_packet(pkt: Any, candidates: Iterable[Any], *, window: float = 2.0) -> Journey:
     """Every sighting of ``pkt`` among ``candidates`` (packets with ``.link``/``.time``)
@@ -140,11 +190,13 @@ def follow_packet(pkt: Any, candidates: Iterable[Any], *, window: float = 2.0) -
     ordered = sorted(seen.values(), key=lambda p: float(p.time))
     hops = []
     before: dict[str, Any] | None = None
+    first = float(ordered[0].time) if ordered else 0.0
     for cand in ordered:
         now = _fields(cand)
         changed = {} if before is None else {
             k: (before.get(k), v) for k, v in now.items()
             if k in before and before[k] != v and not k.startswith(("Ether.", "IP.ttl"))}
-        hops.append(Hop((cand.link[0], cand.link[1]), float(cand.time), cand, changed))
+        hops.append(Hop((cand.link[0], cand.link[1]), float(cand.time), cand, changed,
+                        (float(cand.time) - first) * 1e3))
         before = now
     return Journey(tuple(hops))

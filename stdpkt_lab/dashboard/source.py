@@ -1,0 +1,47 @@
+"""What the dashboard needs from a running lab, as a structural type.
+
+:class:`stdpkt_lab.Lab` satisfies it; the view never imports ``stdpkt_lab.lab``
+(``Lab.dashboard()`` passes the lab in), so the two layers import one way only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..describe import ChainPlan
+    from ..engine.agent import ExecResult
+    from ..engine.instance import Instance
+    from ..observe import Sampler
+
+__all__ = ["LabView"]
+
+
+class LabView(Protocol):
+    """The public surface of a running lab that the dashboard reads and acts on."""
+
+    @property
+    def plan(self) -> ChainPlan: ...
+
+    @property
+    def state(self) -> Any: ...  # a LabState: ``.value`` is "running", "stopped", ...
+
+    @property
+    def instances(self) -> Mapping[str, Instance]: ...
+
+    sampler: Sampler
+
+    def __getitem__(self, node: str) -> Instance: ...
+
+    def exec(self, node: str, cmd: str | Sequence[str], *, timeout: float | None = 30.0,
+             input: bytes | None = None) -> ExecResult: ...
+
+    def restart(self, node: str) -> Instance: ...
+
+    def trace(self, link: tuple[str, str], count: int | None = 50, *, direction: str = "both") -> Any: ...
+
+    def save_pcap(self, link: tuple[str, str], path: str | Path, *, direction: str = "both") -> int: ...
+
+    def set_trace_filter(self, link: tuple[str, str], expr: str | None, *, direction: str = "both") -> None: ...
