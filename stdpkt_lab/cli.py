@@ -153,14 +153,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.verbose or not ended_normally:
                 _say(f"stdpkt: {config.spec.name}: stopping: {why}")
     finally:
-        for port in ports:
-            port.stop()
+        for served in ports:
+            served.stop()
         instance.stop()
         if args.verbose:
-            for port in ports:
-                for direction, stats in port.stats().items():
+            for served in ports:
+                for direction, stats in served.stats().items():
                     if stats is not None:
-                        _say(f"stdpkt: {config.spec.name} {port.device} {direction}: {stats}")
+                        _say(f"stdpkt: {config.spec.name} {served.device} {direction}: {stats}")
     return status
 
 

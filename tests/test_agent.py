@@ -98,7 +98,8 @@ class Guest:
         argv = [
             # the launcher (unconfined here) applies the host-specific kernel fixes
             # every instance gets, e.g. the FPU register fallback (lkl/launch.c)
-            helper("stdpkt-launch"), "--", LINUX_UML, "mem=64M", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
+            helper("stdpkt-launch"), "--",
+            LINUX_UML, "mem=64M", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
             f"init={agent_dir / 'init.sh'}", "con=null", "con0=fd:0,fd:1",
             f"con1=fd:{guest_r},fd:{guest_w}", "ssl=null", f"uml_dir={self.run_dir}",
             f"umid={name}", "quiet", "initcall_blacklist=raid6_select_algo,init_zswap",
