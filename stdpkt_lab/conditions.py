@@ -194,10 +194,14 @@ class LinkConditioner:
 
     def qdisc_stats(self, node: str, *, timeout: float = 10.0) -> dict[str, list[dict[str, Any]]]:
         """The qdiscs of ``node``'s interfaces with their statistics (one exec of ``tc``)."""
-        result = self._lab[node].exec(["tc", "-s", "-j", "qdisc", "show"], timeout=timeout)
-        if result.returncode != 0:
-            raise LinkError(f"node {node!r}: tc -s -j qdisc show: {result.stderr.strip()}")
-        return {dev: rows for dev, rows in parse_qdisc_json(result.stdout).items() if dev != "lo"}
+        for _ in range(3):  # an exec's output here is at times corrupted (runs of NULs): retry
+            result = self._lab[node].exec(["tc", "-s", "-j", "qdisc", "show"], timeout=timeout)
+            if result.returncode != 0:
+                raise LinkError(f"node {node!r}: tc -s -j qdisc show: {result.stderr.strip()}")
+            parsed = parse_qdisc_json(result.stdout)
+            if parsed:
+                return {dev: rows for dev, rows in parsed.items() if dev != "lo"}
+        raise LinkError(f"node {node!r}: tc -s -j qdisc show: unreadable output {result.stdout[:200]!r}")
 
     def restarted(self, node: str) -> None:
         """``node`` booted afresh from its plan: put back what was changed live since."""
