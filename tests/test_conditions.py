@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -323,3 +324,51 @@ def test_cli_variables_condition_a_two_stage_pipeline(stdpkt_bin: str, tmp_path:
     assert len(rtts) == 5 and min(rtts) >= 30.0 and min(rtts) <= 45.0, log
     m = re.search(r"([0-9.]+) Mbits/sec.*receiver", pipe.stderr("client"))
     assert m and 10.0 <= float(m.group(1)) <= 20.0, log
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.uml
+def test_dashboard_sets_conditions_the_label_shows_them_and_the_rate_plot_reacts() -> None:
+    pytest.importorskip("ipywidgets")
+    with sl.Lab(pair(), progress=False) as lab:
+        board = lab.dashboard()
+        try:
+            c = board.conditions
+            assert "link conditions" in board.controls.tabs.titles
+            c.link.value = ("a", "b")
+            c.delay.value = "fast"
+            c.apply_button.click()  # refused at once, nothing changes
+            wait_for(lambda: "delay='fast'" in html.unescape(board.controls.log.value), what="the refusal")
+            assert lab.link_conditions(("a", "b"))["a->b"] == {}
+            c.direction.value = "forward"
+            c.delay.value, c.loss.value, c.rate.value = "10ms", "", "5mbit"
+            c.apply_button.click()
+            wait_for(lambda: lab.link_conditions(("a", "b"))["a->b"] == {"delay": "10ms", "rate": "5mbit"},
+                     what="the conditions set")
+            assert lab.link_conditions(("a", "b"))["b->a"] == {}
+            label = wait_for(lambda: next((t for t in c.source.data["text"] if t), ""), what="edge label")
+            assert "10ms" in label and "5mbit" in label, label
+            t = board.controls
+            t.kind.value, t.src.value, t.dst.value, t.seconds.value = "iperf3", "a", "b", 5
+            points = board.rates.points
+            t.traffic_button.click()
+            wait_for(lambda: "receiver" in t.log.value or "failed" in t.log.value, timeout=60,
+                     what="the iperf3 result")
+            bps = list(board.rates.source.data["bps0"])[-(board.rates.points - points):]
+            busy = [v for v in bps if v > 1e6]
+            assert len(busy) >= 5, bps  # the plot saw the transfer ...
+            assert max(busy) <= 7.5e6, bps  # ... at the 5 Mbit/s cap (+ACKs, sampling jitter)
+            m = re.search(r"([0-9.]+) Mbits/sec.*receiver", t.log.value)
+            assert m and float(m.group(1)) <= 5.0, t.log.value
+            assert board.errors == 0
+        finally:
+            board.close()

@@ -18,6 +18,7 @@ from bokeh.resources import Resources
 from jupyter_bokeh import BokehModel
 
 from .actions import Actions
+from .conditions_controls import ConditionsControls
 from .controls import Controls
 from .formatting import human_bps, human_pps, packet_rows, packets_html
 from .graph import STATE_COLOURS, ChainGraph, LinkKey
@@ -103,6 +104,10 @@ class Dashboard(widgets.VBox):
                                     self._lock)
         self.actions = Actions(lab)
         self.controls = Controls(lab, self.actions)
+        self.conditions = ConditionsControls(lab, self.actions, self.graph)  # link conditions tab
+        titles = tuple(self.controls.tabs.titles)
+        self.controls.tabs.children = (*self.controls.tabs.children, self.conditions.widget)
+        self.controls.tabs.titles = (*titles, "link conditions")
 
         self.status = widgets.HTML()
         legend = " ".join(f"<span style='color:{c}'>&#9679;</span> {s}"
@@ -204,6 +209,7 @@ class Dashboard(widgets.VBox):
             self.graph.update(states, self._rates, self._info)
             self._status(states, sample)
             self.controls.refresh()
+            self.conditions.refresh()
             if self._round % self.table_every == 1 or self.table_every == 1:
                 self._refresh_table()
 
