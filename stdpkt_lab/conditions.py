@@ -27,6 +27,7 @@ from .describe.conditions import (
     CONDITION_KEYS,
     QDISC_MODULES,
     LinkConditions,
+    offload_argv,
     parse_conditions,
     setup_text,
     tc_batch,
@@ -80,7 +81,7 @@ def conditions_from_env(env: Mapping[str, str], spec: InstanceSpec) -> InstanceS
                 raise VariableError(variable, f"{exc}{hint}") from None
         if not cond.empty:
             shaping[f"eth{index}"] = (cond, mtus[index])
-    text = setup_text(shaping)
+    text = setup_text(shaping, [p.device for p in spec.ports])
     return replace(spec, setup="\n".join(t for t in (text, spec.setup) if t) or None)
 
 
@@ -118,6 +119,8 @@ class LinkConditioner:
             self._state.update(lp.conditions)
         self._boot = dict(self._state)
         self._modules: set[tuple[str, int | None]] = set()
+        #: nodes whose interfaces have GSO/GRO off (the set-up did it for the plan's)
+        self._offloads_off: set[str] = {src for (src, _), c in self._boot.items() if c.needs_netem}
 
     # ------------------------------------------------------------ lookups
     def _link(self, link: Any) -> LinkPlan:
@@ -171,7 +174,11 @@ class LinkConditioner:
                     raise ChainError(f"link {src!r}→{dst!r}: {exc}") from None
             instances = {d: self._instance(*d) for d in dirs}
             for d in dirs:
+                if wanted[d].needs_netem:
+                    self._offloads(d[0], instances[d], on=False)
                 self._apply(lp, d, instances[d], wanted[d])
+                if not self._netem_on(d[0]):
+                    self._offloads(d[0], instances[d], on=True)
         return self.get(link)
 
     def clear(self, link: Any, *, direction: Any = None) -> None:
@@ -187,6 +194,9 @@ class LinkConditioner:
     def conditions(self, src: str, dst: str) -> LinkConditions:
         with self._lock:
             return self._state.get((src, dst), LinkConditions())
+
+    def _netem_on(self, node: str) -> bool:
+        return any(src == node and c.needs_netem for (src, _), c in self._state.items())
 
     def conditioned(self, node: str) -> bool:
         with self._lock:
@@ -206,6 +216,10 @@ class LinkConditioner:
     def restarted(self, node: str) -> None:
         """``node`` booted afresh from its plan: put back what was changed live since."""
         with self._lock:
+            if any(src == node and c.needs_netem for (src, _), c in self._boot.items()):  # set-up did
+                self._offloads_off.add(node)
+            else:
+                self._offloads_off.discard(node)
             for lp in self._lab.plan.links:
                 if node not in (lp.a, lp.b):
                     continue
@@ -213,8 +227,13 @@ class LinkConditioner:
                 now = self._state.get((node, dst), LinkConditions())
                 booted = self._boot.get((node, dst), LinkConditions())
                 if now != booted:
-                    self._state[(node, dst)] = booted
-                    self._apply(lp, (node, dst), self._instance(node, dst), now)
+                    self._state[(node, dst)] = booted  # what the fresh instance has
+                    instance = self._instance(node, dst)
+                    if now.needs_netem:
+                        self._offloads(node, instance, on=False)
+                    self._apply(lp, (node, dst), instance, now)
+            if not self._netem_on(node) and node in self._lab.instances:
+                self._offloads(node, self._lab[node], on=True)
 
     # ------------------------------------------------------------ applying
     def _apply(self, lp: LinkPlan, d: Direction, instance: Instance, cond: LinkConditions) -> None:
@@ -232,6 +251,20 @@ class LinkConditioner:
             self._state.pop(d, None)
         else:
             self._state[d] = cond
+
+    def _offloads(self, node: str, instance: Instance, *, on: bool) -> None:
+        """GSO/GRO of every interface of ``node`` off (conditions act per frame) or on again."""
+        if (node not in self._offloads_off) == on:
+            return
+        for port in self._lab.plan[node].spec.ports:
+            result = instance.exec(offload_argv(port.device, on=on), timeout=30)
+            if result.returncode != 0:
+                raise LinkError(f"node {node!r}: {' '.join(offload_argv(port.device, on=on))}: "
+                                f"{result.stderr.strip() or result.stdout.strip()}")
+        if on:
+            self._offloads_off.discard(node)
+        else:
+            self._offloads_off.add(node)
 
     def _load_modules(self, node: str, instance: Instance) -> None:
         key = (node, instance.pid)

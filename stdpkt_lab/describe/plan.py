@@ -243,8 +243,9 @@ def build_plan(
             shaping[src][f"eth{port}"] = (cond, lp.mtu)
     nodes: dict[str, NodePlan] = {}
     for n in names:
+        devices = [f"eth{p.index}" for p in addressing.ports[n]]
         nodes[n] = _node_plan(n, kinds[n], ctxs[n], graph.nodes[n], tables[n], order, hosts,
-                              setup_text(shaping[n]))
+                              setup_text(shaping[n], devices))
     return ChainPlan(graph, nodes, tuple(link_plans), resolved)
 
 
