@@ -189,14 +189,15 @@ def _ping_rtts(lab: sl.Lab, count: int = 10, interval: float = 0.1) -> list[floa
 @pytest.mark.uml
 def test_delay_in_the_graph_shows_in_ping_rtt() -> None:
     """25 ms each way: every RTT ≥ 50 ms (netem never sends early); the minimum of 10 within
-    50 + 10 ms (the path's own RTT here is 0.1-5 ms, more on a loaded machine)."""
+    50 + 15 ms (the path's own RTT here is 0.3-5 ms; measured minima 50.3-55.1 ms with a load
+    average of 12 on 2 cores); a delay applied twice would put it past 100."""
     with sl.Lab(pair(delay="25ms"), progress=False) as lab:
         assert lab.link_conditions(("a", "b")) == {"a->b": {"delay": "25ms"}, "b->a": {"delay": "25ms"}}
         _ping_rtts(lab, 1)  # ARP
         rtts = _ping_rtts(lab)
         assert len(rtts) == 10, rtts
-        assert min(rtts) >= 50.0 and min(rtts) <= 60.0, rtts
-        assert statistics.median(rtts) <= 75.0, rtts
+        assert min(rtts) >= 50.0 and min(rtts) <= 65.0, rtts
+        assert statistics.median(rtts) <= 100.0, rtts
         qdiscs = lab.nf_counters("a")["qdiscs"]["eth0"]
         assert qdiscs[0]["kind"] == "netem" and qdiscs[0]["packets"] >= 11, qdiscs
 
@@ -204,7 +205,8 @@ def test_delay_in_the_graph_shows_in_ping_rtt() -> None:
 @pytest.mark.uml
 def test_rate_cap_shows_in_iperf3_goodput() -> None:
     """Uncapped the link does hundreds of Mbit/s; capped at 20 Mbit/s iperf3's receiver sees
-    between 70 % and 100 % of it (TCP/IP/Ethernet headers take 4.4 % at MTU 1500)."""
+    at most the cap (TCP/IP/Ethernet headers take 4.4 % at MTU 1500) and at least half of it
+    (measured 14.6-19.6: a loaded host wakes the guest's qdisc late)."""
     with sl.Lab(pair(), progress=False) as lab:
         def goodput() -> float:
             status, out = run(lab, "a", "iperf3 -c b -t 3 -J")
@@ -215,7 +217,7 @@ def test_rate_cap_shows_in_iperf3_goodput() -> None:
         free = goodput()
         lab.set_link(("a", "b"), rate="20mbit", direction=("a", "b"))
         capped = goodput()
-        assert 14.0 <= capped <= 20.0, (free, capped)
+        assert 10.0 <= capped <= 20.0, (free, capped)
         assert free >= 3 * 20.0, (free, capped)  # the cap, not the machine, made the difference
         tbf = lab.qdisc_stats("a")["eth0"][0]
         assert tbf["kind"] == "tbf" and tbf["overlimits"] > 0, tbf
