@@ -392,3 +392,19 @@ def test_dashboard_sets_conditions_the_label_shows_them_and_the_rate_plot_reacts
             assert board.errors == 0
         finally:
             board.close()
+
+
+@pytest.mark.uml
+def test_restart_puts_back_what_was_set_live() -> None:
+    """The graph says 5 ms each way; a→b is changed live to 40 ms; a restart of a boots from
+    the plan (5 ms) and the conditioner puts the 40 ms back: RTT ≥ 45 ms, new pid."""
+    with sl.Lab(pair(delay="5ms"), progress=False) as lab:
+        lab.set_link(("a", "b"), direction=("a", "b"), delay="40ms")
+        old = lab["a"].pid
+        lab.restart("a")
+        assert lab["a"].pid != old
+        assert lab.link_conditions(("a", "b"))["a->b"] == {"delay": "40ms"}
+        _ping_rtts(lab, 1)
+        rtts = _ping_rtts(lab, 5)
+        assert rtts and min(rtts) >= 45.0, rtts
+        assert lab.qdisc_stats("a")["eth0"][0]["kind"] == "netem"
