@@ -204,7 +204,7 @@ class LinkConditioner:
 
     def qdisc_stats(self, node: str, *, timeout: float = 10.0) -> dict[str, list[dict[str, Any]]]:
         """The qdiscs of ``node``'s interfaces with their statistics (one exec of ``tc``)."""
-        for _ in range(3):  # an exec's output here is at times corrupted (runs of NULs): retry
+        for _ in range(3):  # output was at times corrupted (NUL runs) on hosts without the XSTATE shim
             result = self._lab[node].exec(["tc", "-s", "-j", "qdisc", "show"], timeout=timeout)
             if result.returncode != 0:
                 raise LinkError(f"node {node!r}: tc -s -j qdisc show: {result.stderr.strip()}")

@@ -164,9 +164,10 @@ def test_cli_bad_condition_variables_exit_2(stdpkt_bin: str, tmp_path: Path, env
 # ------------------------------------------------------------------ real kernels
 
 def run(lab: sl.Lab, node: str, cmd: str, *, timeout: float = 60) -> tuple[int, str]:
-    """``cmd``'s status and output, through a file in the guest: an exec's piped output
-    here occasionally carries runs of NUL bytes in place of text (seen ~1 in 40 `seq 20000`;
-    an agent/UML problem, reported), a file read by the agent has not."""
+    """``cmd``'s status and output, through a file in the guest that the agent reads back
+    (no fork).  Before the launcher's XSTATE shim, an exec's piped output here at times
+    carried runs of NUL bytes in place of text (~1 in 40 `seq 20000`; guest AVX code computing
+    garbage under the FXSAVE fallback); a file read by the agent had not."""
     out = f"/tmp/out-{threading.get_ident()}"
     result = lab.exec(node, f"{cmd} >{out} 2>&1", timeout=timeout)
     return result.returncode, lab[node].read_file(out).decode(errors="replace")
