@@ -107,6 +107,11 @@ def test_plan_puts_each_direction_on_the_senders_egress() -> None:
     assert "ethtool" not in (build_plan(pair(rate="5mbit"))["a"].spec.setup or "")
 
 
+def test_the_shell_pipeline_carries_the_conditions() -> None:
+    text = build_plan(pair(delay="20ms")).shell_pipeline()
+    assert text.count("netem limit 1000 delay 20000us") == 2  # one per sender
+
+
 def test_lab_files_keep_conditions(tmp_path: Path) -> None:
     g = pair(delay="20ms", jitter="2ms", loss="1%", rate="50mbit", egress={"b": {"loss": 0.05}})
     for suffix in ("yaml", "json"):
