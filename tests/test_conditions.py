@@ -16,7 +16,7 @@ import networkx as nx
 import pytest
 
 import stdpkt_lab as sl
-from stdpkt_lab.conditions import parse_qdisc_json
+from stdpkt_lab.conditions import LinkConditioner, parse_qdisc_json
 from stdpkt_lab.describe import build_plan, load_lab, save_lab
 from stdpkt_lab.describe.conditions import LinkConditions, parse_conditions, tc_batch
 from stdpkt_lab.errors import ChainError
@@ -131,6 +131,21 @@ def test_tc_lines_change_in_place_or_rebuild() -> None:
     assert lines[0] == "qdisc del dev eth1 root" and "parent 1:1 handle 10: tbf" in lines[2]
     assert tc_batch("eth1", LinkConditions(rate=8_000_000), previous="")[0].startswith(
         "qdisc replace dev eth1 root handle 2: tbf rate 8000000bit burst 20000 ")
+
+
+def test_a_direction_sent_by_no_instance_is_refused_and_directions_are_checked() -> None:
+    class NoInstances:  # a lab whose ends are not instances (a tap, a pcap file)
+        plan = build_plan(pair())
+        instances: dict = {}
+
+    conditioner = LinkConditioner(NoInstances())  # type: ignore[arg-type]
+    with pytest.raises(ChainError, match="'a' is not an instance"):
+        conditioner.set(("a", "b"), direction=("a", "b"), delay="5ms")
+    with pytest.raises(ChainError, match="direction=\\('a', 'c'\\)"):
+        conditioner.set(("a", "b"), direction=("a", "c"), delay="5ms")
+    with pytest.raises(ChainError, match="no link between 'a' and 'c'"):
+        conditioner.get(("a", "c"))
+    assert conditioner.get(("b", "a")) == {"b->a": {}, "a->b": {}}
 
 
 def test_qdisc_json_parses() -> None:
