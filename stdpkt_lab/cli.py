@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import ConfigError, StdpktError
@@ -46,6 +47,9 @@ Variables (as in the stdpkt paper), n = 0..7:
   IPn, NETMASKn   IPv4 address and prefix length (or dotted mask; default 24).
   MTUn            MTU of eth<n> (68..65534, default 1500).
   GATEWAY         default route.
+  DELAYn, JITTERn, LOSSn, RATEn   link conditions on what leaves eth<n> (netem/tbf
+                  in the instance): DELAY0=20ms JITTER0=2ms LOSS0=1% (or 0.01) RATE0=50mbit;
+                  also REORDERn, DUPLICATEn, CORRUPTn (probabilities), LIMITn (frames).
 
 SCRIPT runs as root inside the instance (its own kernel: iptables, ip, sysctl,
 conntrack, ipvsadm work; modules load on demand; `iptables` is the legacy
@@ -73,6 +77,7 @@ def _default_name(script: Path) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .conditions import conditions_from_env
     from .engine.instance import Instance
     from .engine.pipes import PipePort, StdStreams
     from .engine.streams import StreamPort, link_token
@@ -86,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         oneshot=args.oneshot,
         mem_mb=args.mem,
     )
+    config = replace(config, spec=conditions_from_env(os.environ, config.spec))  # DELAYn, LOSSn, ...
     streams = StdStreams()
     streams.take()
     stop = threading.Event()

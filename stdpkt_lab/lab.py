@@ -34,6 +34,7 @@ from .observe import Journey, Sampler, Subscription, follow_packet, records, to_
 if TYPE_CHECKING:
     import networkx as nx
 
+    from .conditions import LinkConditioner
     from .describe import KindRegistry
     from .engine.agent import ExecResult
     from .relay import Pump, TracedFrame
@@ -237,6 +238,7 @@ class Lab:
             bar.update(1)
         finally:
             bar.close()
+        self._conditioner.restarted(node)  # link conditions changed live since boot
         return instance
 
     # ------------------------------------------------------------ commands
@@ -268,8 +270,8 @@ class Lab:
 
     def nf_counters(self, node: str) -> dict[str, Any]:
         """Inside ``node``: interface counters, conntrack entries, netfilter rule hits
-        (``iptables-save -c``: one exec, so call it on demand, not in a loop) and, for a
-        load balancer, IPVS per-backend connections."""
+        (``iptables-save -c``: one exec, so call it on demand, not in a loop), for a
+        load balancer IPVS per-backend connections, and the egress qdiscs' statistics."""
         from .observe.samples import parse_ip_vs, parse_proc_net_dev
 
         self._require_running()
@@ -284,6 +286,7 @@ class Lab:
             "conntrack_entries": int(count) if count and count.strip().isdigit() else None,
             "rules": _parse_iptables_save(saved.stdout),
             "ipvs": parse_ip_vs(ipvs.decode()) if ipvs else [],
+            "qdiscs": self._conditioner.qdisc_stats(node),
         }
 
     def _pumps(self, link: LinkRef, direction: str = "both") -> list[Pump]:
@@ -395,6 +398,46 @@ class Lab:
 
         self._require_running()
         return neighbour_table(self[node].agent)
+
+    # --- link conditions ---
+    @property
+    def _conditioner(self) -> LinkConditioner:
+        from .conditions import LinkConditioner
+
+        with self._lock:
+            found = self.__dict__.get("_link_conditioner")
+            if found is None:
+                found = self.__dict__["_link_conditioner"] = LinkConditioner(self)
+            return found
+
+    def set_link(self, link: LinkRef, *, direction: LinkRef | str | None = None, update: bool = False,
+                 **conditions: Any) -> dict[str, dict[str, Any]]:
+        """Set ``link``'s conditions live (``delay="50ms"``, ``jitter``, ``loss=0.02`` or ``"2%"``,
+        ``rate="10mbit"``, ``reorder``, ``duplicate``, ``corrupt``, ``limit``), on both directions or
+        ``direction=(sender, receiver)``; ``update=True`` changes only the keys given.  No restart:
+        the sender's egress qdisc is replaced in place.  Returns :meth:`link_conditions`.
+        See :mod:`stdpkt_lab.describe.conditions` for the semantics."""
+        self._require_running()
+        return self._conditioner.set(link, direction=direction, update=update, **conditions)
+
+    def link_conditions(self, link: LinkRef) -> dict[str, dict[str, Any]]:
+        """What is set on ``link``, per direction: ``{"a->b": {"delay": "20ms"}, "b->a": {}}``."""
+        return self._conditioner.get(link)
+
+    def clear_link(self, link: LinkRef, *, direction: LinkRef | str | None = None) -> None:
+        """Remove ``link``'s conditions (both directions, or one)."""
+        self._require_running()
+        self._conditioner.clear(link, direction=direction)
+
+    def qdisc_stats(self, node: str) -> dict[str, list[dict[str, Any]]]:
+        """``node``'s egress qdiscs per interface with bytes, packets, drops, backlog, qlen."""
+        self._require_running()
+        return self._conditioner.qdisc_stats(node)
+
+    def _qdisc_sample(self, node: str) -> dict[str, list[dict[str, Any]]]:
+        """The sampler's hook: qdisc statistics of a node with conditions set, else nothing."""
+        conditioner = self._conditioner
+        return conditioner.qdisc_stats(node, timeout=2.0) if conditioner.conditioned(node) else {}
 
 
 def _parse_iptables_save(text: str) -> list[dict[str, Any]]:

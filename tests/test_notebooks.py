@@ -77,6 +77,9 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path) -> None:
         assert "hint:" in text and "t=17" not in text  # an error's hint; no raw epoch times
     if name.startswith("02"):
         assert re.search(r"'b1': 10, 'b2': 10, 'b3': 10", text), "round robin did not spread 30 requests"
+    if name.startswith("06"):  # iperf3 at each loss rate, beside the model, in well under a minute
+        assert len(re.findall(r"loss [\d.]+ %: [\d.]+ Mbit/s measured", text)) == 5, text[-2000:]
+        assert "throughput falls with loss: True" in text
     if name == "04-exercise.ipynb":
         assert "FAIL  task 1" in text and "hint:" in text and "PASS: the chain is repaired" not in text
     if name == "04-exercise-solutions.ipynb":

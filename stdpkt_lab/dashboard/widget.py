@@ -18,6 +18,7 @@ from bokeh.resources import Resources
 from jupyter_bokeh import BokehModel
 
 from .actions import Actions
+from .conditions_controls import ConditionsControls
 from .controls import Controls
 from .formatting import human_bps, human_pps, packet_rows, packets_html
 from .graph import STATE_COLOURS, ChainGraph, LinkKey
@@ -106,6 +107,10 @@ class Dashboard(widgets.VBox):
         self.controls = Controls(lab, self.actions)
         self.state_tab = StateTab(lab)
         self.state_tab.attach(self.controls.tabs)
+        self.conditions = ConditionsControls(lab, self.actions, self.graph)  # link conditions tab
+        titles = tuple(self.controls.tabs.titles)
+        self.controls.tabs.children = (*self.controls.tabs.children, self.conditions.widget)
+        self.controls.tabs.titles = (*titles, "link conditions")
 
         self.status = widgets.HTML()
         legend = " ".join(f"<span style='color:{c}'>&#9679;</span> {s}"
@@ -208,6 +213,7 @@ class Dashboard(widgets.VBox):
             self._status(states, sample)
             self.controls.refresh()
             self.state_tab.refresh()
+            self.conditions.refresh()
             if self._round % self.table_every == 1 or self.table_every == 1:
                 self._refresh_table()
 

@@ -11,7 +11,10 @@ Graph conventions:
   every node) and the drawing attributes ``label``/``pos``, which are ignored.
 * Every edge is a link (direction in a DiGraph is ignored; ``a→b`` plus
   ``b→a`` is one link).  Edges may carry ``subnet=``, ``mtu=`` and
-  ``addr={end: "10.0.0.2[/24]"}`` — see :mod:`~stdpkt_lab.describe.addressing`.
+  ``addr={end: "10.0.0.2[/24]"}`` — see :mod:`~stdpkt_lab.describe.addressing` — and
+  link conditions (``delay=``, ``jitter=``, ``loss=``, ``rate=``, ``reorder=``,
+  ``duplicate=``, ``corrupt=``, ``limit=``; ``egress={end: {...}}`` for one
+  direction) — see :mod:`~stdpkt_lab.describe.conditions`.
 
 Routes are derived by :mod:`~stdpkt_lab.describe.routing`; ``/etc/hosts`` of every
 instance maps every node name to :meth:`ChainPlan.address`.
@@ -31,6 +34,7 @@ import networkx as nx
 from ..engine.spec import InstanceSpec, PortSpec
 from ..errors import ChainError
 from .addressing import Addressing, RawLink, assign_addresses
+from .conditions import LinkConditions, edge_conditions, setup_text
 from .kinds import KindContext, KindRegistry, NFKind, Param, suggest
 from .routing import (
     L3Graph,
@@ -74,6 +78,8 @@ class LinkPlan:
     b_port: int
     subnet: IPv4Network
     mtu: int = 1500
+    #: Link conditions per direction ``(sender, receiver)`` (:mod:`.conditions`).
+    conditions: Mapping[tuple[str, str], LinkConditions] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,7 @@ def build_plan(
         raise ChainError("links to itself (self-loop)", node=u)
     names = list(graph.nodes)
     links = _links(graph)
+    link_conditions = [edge_conditions(link.a, link.b, link.attrs) for link in links]
     kinds = {n: registry.lookup(_kind_attr(graph, n), node=n)() for n in names}
     params = {n: _params(n, kinds[n], graph.nodes[n]) for n in names}
     degree = {n: 0 for n in names}
@@ -222,19 +229,27 @@ def build_plan(
     tables = _route_tables(names, kinds, ctxs, addressing, l3)
     order = [s.subnet for s in addressing.segments]
     hosts = _hosts_text(names, resolved)
-    nodes: dict[str, NodePlan] = {}
-    for n in names:
-        nodes[n] = _node_plan(n, kinds[n], ctxs[n], graph.nodes[n], tables[n], order, hosts,
-                              ipv6_default=graph.graph.get("ipv6", False))
     link_plans = []
     for i, link in enumerate(links):
         pa = next(p for p in addressing.ports[link.a] if p.link == i)
         pb = next(p for p in addressing.ports[link.b] if p.link == i)
         link_plans.append(
             LinkPlan(
-                link.a, pa.index, link.b, pb.index, addressing.segments[pa.segment].subnet, pa.mtu
+                link.a, pa.index, link.b, pb.index, addressing.segments[pa.segment].subnet, pa.mtu,
+                link_conditions[i],
             )
         )
+    shaping: dict[str, dict[str, tuple[LinkConditions, int]]] = {n: {} for n in names}
+    for lp in link_plans:
+        for (src, _dst), cond in lp.conditions.items():
+            port = lp.a_port if src == lp.a else lp.b_port
+            shaping[src][f"eth{port}"] = (cond, lp.mtu)
+    nodes: dict[str, NodePlan] = {}
+    for n in names:
+        devices = [f"eth{p.index}" for p in addressing.ports[n]]
+        nodes[n] = _node_plan(n, kinds[n], ctxs[n], graph.nodes[n], tables[n], order, hosts,
+                              setup_text(shaping[n], devices),
+                              ipv6_default=graph.graph.get("ipv6", False))
     return ChainPlan(graph, nodes, tuple(link_plans), resolved)
 
 
@@ -360,6 +375,7 @@ def _node_plan(
     table: RouteTable,
     order: list[IPv4Network],
     hosts: str,
+    conditions_setup: str = "",
     *,
     ipv6_default: object = False,
 ) -> NodePlan:
@@ -388,7 +404,7 @@ def _node_plan(
             ports=ports,
             gateway=gateway,
             routes=routes,
-            setup=kind.setup(ctx) or None,
+            setup="\n".join(t for t in (conditions_setup, kind.setup(ctx)) if t) or None,
             env=env,
             hosts=hosts,
             mem_mb=mem,

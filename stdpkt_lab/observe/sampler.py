@@ -193,5 +193,18 @@ class Sampler:
                 interfaces=parse_proc_net_dev(dev.decode()) if dev else {},
                 conntrack_entries=int(count) if count.isdigit() else None,
                 ipvs=parse_ip_vs(ipvs.decode()) if ipvs else [],
+                qdiscs=self._qdiscs(name),
             )
         return out
+
+    def _qdiscs(self, name: str) -> dict[str, list[dict[str, Any]]]:
+        """Qdisc statistics through the lab's hook: one ``tc`` exec, only on nodes with
+        link conditions set (an exec costs the guest ~20 ms: not on every node)."""
+        hook = getattr(self.lab, "_qdisc_sample", None)
+        if hook is None:
+            return {}
+        try:
+            return dict(hook(name))
+        except Exception as exc:  # the instance may be stopping
+            log.debug("qdiscs of %s not sampled: %s", name, exc)
+            return {}

@@ -35,6 +35,8 @@ class NodeSample:
     interfaces: dict[str, dict[str, int]] = field(default_factory=dict)
     conntrack_entries: int | None = None
     ipvs: list[dict[str, Any]] = field(default_factory=list)
+    #: Egress qdiscs per interface (only for nodes with link conditions set).
+    qdiscs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
