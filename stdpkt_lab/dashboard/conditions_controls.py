@@ -19,7 +19,6 @@ from bokeh.models.annotations import LabelSet
 from ..describe.conditions import parse_conditions
 
 if TYPE_CHECKING:
-    from ..lab import Lab
     from .actions import Actions
     from .graph import ChainGraph
 
@@ -41,7 +40,8 @@ def conditions_label(a: str, b: str, per_direction: dict[str, dict[str, Any]]) -
 class ConditionsControls:
     """Widgets acting on ``lab``'s link conditions through ``actions``; :attr:`widget` is the page."""
 
-    def __init__(self, lab: Lab, actions: Actions, graph: ChainGraph) -> None:
+    def __init__(self, lab: Any, actions: Actions, graph: ChainGraph) -> None:
+        # lab: a Lab (set_link, link_conditions): typed loosely, the dashboard never imports lab.py
         self.lab = lab
         self.actions = actions
         self.links: list[tuple[str, str]] = [(lp.a, lp.b) for lp in lab.plan.links]
