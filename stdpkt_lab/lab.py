@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from .describe import KindRegistry
     from .engine.agent import ExecResult
+    from .live import LiveChains
     from .relay import Pump, TracedFrame
 
 LinkRef = tuple[str, str]
@@ -69,6 +70,8 @@ class Lab:
         sample_hz: float | None = 5.0,
     ) -> None:
         self.plan: ChainPlan = build_plan(graph, registry=registry)
+        self._registry = registry
+        self._live: LiveChains | None = None
         self.boot_timeout = boot_timeout
         self.progress = progress
         self._trace = (trace_slots, trace_snap)
@@ -179,6 +182,8 @@ class Lab:
 
     def _teardown(self) -> None:
         self.sampler.stop()
+        if self._live is not None:
+            self._live.close()
         for link in self._links:
             link.stop()
         if self._instances:
@@ -346,6 +351,48 @@ class Lab:
 
     def __repr__(self) -> str:
         return f"<Lab {len(self)} nodes {self._state.value}>"
+
+    # --- live chains --- (stdpkt_lab.live: re-wire the running chain)
+    @property
+    def live(self) -> LiveChains:
+        """The live-change controller: history, detours, warm pool (:mod:`stdpkt_lab.live`)."""
+        if self._live is None:
+            from .live import LiveChains
+
+            self._live = LiveChains(self)
+        return self._live
+
+    def insert(self, link: LinkRef, node: str, *, kind: Any, **params: Any) -> Instance:
+        """Boot ``node`` and splice it into the running ``link`` (see :mod:`stdpkt_lab.live`)."""
+        return self.live.insert(link, node, kind=kind, **params)
+
+    def add(self, node: str, *, kind: Any, **params: Any) -> Instance:
+        """Boot a transparent ``node`` on no path yet (a detour for :meth:`steer`)."""
+        return self.live.add(node, kind=kind, **params)
+
+    def remove(self, node: str) -> None:
+        """Stop ``node``; the link it sat on heals."""
+        self.live.remove(node)
+
+    def replace(self, node: str, *, kind: Any, **params: Any) -> Instance:
+        """Boot a new ``node`` first, carry its conntrack state, then move its links."""
+        return self.live.replace(node, kind=kind, **params)
+
+    def connect(self, a: str, b: str, **attrs: Any) -> Link:
+        """A new link between running ``a`` and ``b`` (hot-plugged ports)."""
+        return self.live.connect(a, b, **attrs)
+
+    def disconnect(self, a: str, b: str) -> None:
+        """Remove the link between ``a`` and ``b``."""
+        self.live.disconnect(a, b)
+
+    def steer(self, link: LinkRef, match: str, *, via: Sequence[str]) -> str:
+        """New flows on ``link`` matching ``match`` (pcap filter) traverse ``via``; returns the rule id."""
+        return self.live.steer(link, match, via=via)
+
+    def unsteer(self, rule: str) -> None:
+        """Remove a steering rule (its established flows fall back to the default path)."""
+        self.live.unsteer(rule)
 
 
 def _parse_iptables_save(text: str) -> list[dict[str, Any]]:
