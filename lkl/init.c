@@ -501,8 +501,13 @@ static void prepare(void)
     snprintf(path, sizeof path, "/run/stdpkt/mod/lib/modules/%s", un.release);
     if (symlink(target, path) < 0)
         warn_errno(path);
-    if (write_file("/run/stdpkt/bin/modprobe",
-                   "#!/bin/sh\nexec /sbin/modprobe -d /run/stdpkt/mod \"$@\"\n", 0755) < 0)
+    /* the kernel runs modprobe with an environment of its own: pass on the launcher's
+     * GLIBC_TUNABLES (no AVX routines, lkl/launch.c), without which it misparses its argv */
+    const char *tunables = getenv("GLIBC_TUNABLES");
+    char wrapper[768];
+    snprintf(wrapper, sizeof wrapper, "#!/bin/sh\n%s%s%sexec /sbin/modprobe -d /run/stdpkt/mod \"$@\"\n",
+             tunables ? "export GLIBC_TUNABLES='" : "", tunables ? tunables : "", tunables ? "'\n" : "");
+    if (write_file("/run/stdpkt/bin/modprobe", wrapper, 0755) < 0)
         warn_errno("/run/stdpkt/bin/modprobe");
     chmod("/run/stdpkt/bin/modprobe", 0755);
     write_proc("/proc/sys/kernel/modprobe", "/run/stdpkt/bin/modprobe\n");

@@ -45,7 +45,9 @@ mount -t tmpfs -o mode=755 varlog /var/log
 rel=$(uname -r)
 mkdir -p /run/stdpkt/bin /run/stdpkt/mod/lib/modules
 ln -s "/usr/lib/uml/modules/$rel" "/run/stdpkt/mod/lib/modules/$rel"
-printf '#!/bin/sh\nexec /sbin/modprobe -d /run/stdpkt/mod "$@"\n' > /run/stdpkt/bin/modprobe
+{ echo '#!/bin/sh'   # the kernel runs modprobe without our environment: keep glibc's tunables
+  [ -z "${GLIBC_TUNABLES:-}" ] || echo "export GLIBC_TUNABLES='$GLIBC_TUNABLES'"
+  echo 'exec /sbin/modprobe -d /run/stdpkt/mod "$@"'; } > /run/stdpkt/bin/modprobe
 chmod 755 /run/stdpkt/bin/modprobe
 echo /run/stdpkt/bin/modprobe > /proc/sys/kernel/modprobe
 
