@@ -98,14 +98,22 @@ static int allow_beneath(int ruleset, const char *path, __u64 rights) {
  * AVX-512, AMX or PKU.  UML enables the xstate path when a probing GETREGSET
  * succeeds (arch_init_registers), so refusing that regset with EIO makes it use
  * PTRACE_{GET,SET}FPREGS (the 512-byte FXSAVE area), which every x86-64 host
- * accepts.  Vector state beyond XMM is then not switched between threads of one
- * guest process (each guest process is its own host process, whose full state
- * the host keeps); the guest init therefore tells glibc not to pick AVX
- * routines (GLIBC_TUNABLES), see lkl/init.c.
+ * accepts.  That area holds x87/SSE state only: the upper halves of the YMM
+ * registers are lost whenever a guest process traps into UML's stub (every
+ * page fault runs a host signal handler, which starts with the FPU in its init
+ * state, and only the FXSAVE part is put back).  A memcpy() with 32-byte
+ * registers into fresh pages then writes zeros over bytes 16-31 of each
+ * register (seen: 64 KiB of agent stdin arrived with bytes 16-31 and 48-63
+ * zeroed, or its frame header broken: "malformed EXEC").  So guest glibc must
+ * never pick AVX routines (GLIBC_TUNABLES below): not only the AVX* "usable"
+ * bits but also the "preferred" bit AVX_Fast_Unaligned_Load, which glibc 2.36
+ * keeps set when AVX2 is masked and which alone selects memmove's AVX (and
+ * RTM) variants.  tests/test_agent.py::test_guest_memcpy_into_fresh_pages
+ * checks it.
  */
 #define UML_XSTATE_SIZE 832u
 /* glibc in guest processes: no AVX string/memory routines (see above) */
-#define GUEST_TUNABLES "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4"
+#define GUEST_TUNABLES "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-AVX_Fast_Unaligned_Load"
 #define PTRACE_GETREGSET_ 0x4204
 #define PTRACE_SETREGSET_ 0x4205
 #define NT_X86_XSTATE_ 0x202
