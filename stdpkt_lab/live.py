@@ -487,7 +487,7 @@ def apply_changes(inst: Instance, changes: Mapping[str, Any]) -> None:
         script = "\n".join(f"{c} 2>/dev/null || echo {c!r} >> /tmp/.retry" for c in cmds)
         script += "\n[ -f /tmp/.retry ] && { sh /tmp/.retry; rm -f /tmp/.retry; }; true"
         result = inst.exec(script, timeout=30)
-        if result.status != 0:
+        if result.returncode != 0:
             raise StateError(f"{inst.name}: applying {sorted(changes)} failed: "
                              f"{(result.stderr or result.stdout).strip()}")
     if "hosts" in changes and changes["hosts"] is not None:
