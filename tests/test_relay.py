@@ -193,9 +193,13 @@ def pair(socks: list[socket.socket]) -> tuple[socket.socket, socket.socket]:
 def test_public_names():
     assert relay_pkg.__all__ == [
         "Endpoint",
+        "Flow",
+        "FlowTable",
+        "FlowTableStats",
         "Pump",
         "PumpResult",
         "PumpStats",
+        "SteerStats",
         "TracedFrame",
         "pcap",
     ]

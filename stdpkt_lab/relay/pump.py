@@ -9,6 +9,13 @@ Life cycle: ``Pump(...)`` allocates memory only; ``start()`` takes private
 descriptions of the descriptors and starts the thread; the loop ends when asked
 (``stop()``), at the end of the source, when the destination's peer goes away,
 on a bad pcap stream or an I/O error; ``result`` says which.  A pump runs once.
+
+Re-wiring while running (docs/links.md): ``retarget(endpoint)`` changes the
+destination between two batches of frames (counters and trace ring stay);
+``add_steer(rule_id, filter_expr, endpoint)`` / ``remove_steer(rule_id)`` /
+``steer_stats()`` steer new flows matching a pcap filter to another endpoint,
+with a :class:`~stdpkt_lab.relay.steer.FlowTable` shared by the two pumps of a
+link so replies can take their own detour (see :mod:`stdpkt_lab.relay.steer`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stdpkt_lab.errors import ConfigError, LinkError, PcapError, StateError
-from stdpkt_lab.relay import bpf
 
 try:
     from stdpkt_lab.relay._relay import ffi, lib
@@ -32,6 +38,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "stdpkt_lab.relay._relay is not built: pip install the package, or run "
         "`python stdpkt_lab/relay/_build_relay.py`"
     ) from exc
+
+from stdpkt_lab.relay.steer import FlowTable, SteerStats, bpf_program  # noqa: E402
 
 __all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame"]
 
@@ -108,11 +116,23 @@ class Endpoint:
         return lib.RELAY_KIND_SOCKET if self.kind == "socket" else lib.RELAY_KIND_PCAP
 
 
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def _fileno(fd: int | _HasFileno) -> int:
     n = fd if isinstance(fd, int) else fd.fileno()
     if n < 0:
         raise ConfigError(f"endpoint file descriptor {n} is not valid")
     return n
+
+
+def _check_kind(ep: Endpoint) -> None:
+    if ep.kind not in ("socket", "pcap"):
+        raise ConfigError(f"unknown endpoint kind {ep.kind!r}")
 
 
 class _State(enum.Enum):
@@ -133,14 +153,14 @@ class Pump:
         trace_slots: int = 1024,
         trace_snap: int = 256,
         write_header: bool = True,
+        flow_table: FlowTable | None = None,
     ) -> None:
         if trace_slots < 0 or trace_slots & (trace_slots - 1):
             raise ConfigError(f"trace_slots must be 0 or a power of two, not {trace_slots}")
         if trace_slots and not 1 <= trace_snap <= FRAME_MAX:
             raise ConfigError(f"trace_snap must be in 1..{FRAME_MAX}, not {trace_snap}")
         for ep in (src, dst):
-            if ep.kind not in ("socket", "pcap"):
-                raise ConfigError(f"unknown endpoint kind {ep.kind!r}")
+            _check_kind(ep)
         self.src = src
         self.dst = dst
         self.name = name
@@ -154,10 +174,18 @@ class Pump:
         if r == ffi.NULL:
             raise MemoryError(f"pump {name!r}: cannot allocate the relay")
         self._r = ffi.gc(r, lib.relay_free)
+        self._flow_table: FlowTable | None = None
+        self._steer: dict[int, Endpoint] = {}
+        # guards dst and the steering endpoints; never taken by stop(), so a C call that
+        # waits for the loop (a full destination) under it cannot block stop()
+        self._wire_lock = threading.Lock()
+        if flow_table is not None:
+            self.flow_table = flow_table
         self._lock = threading.Lock()
         self._state = _State.NEW
         self._thread: threading.Thread | None = None
         self._result: PumpResult | None = None
+        self._steer_closed = False
 
     # ---------------------------------------------------------------- life cycle
 
@@ -187,12 +215,12 @@ class Pump:
         try:
             code = lib.relay_run(self._r)  # blocks; cffi releases the GIL
         finally:
-            for ep in (self.src, self.dst):
+            with self._wire_lock:
+                owned = [self.src, self.dst, *self._steer.values()]
+                self._steer_closed = True
+            for ep in owned:
                 if ep.close:
-                    try:
-                        os.close(ep.fd)
-                    except OSError:
-                        pass
+                    _close(ep.fd)
             self._result = PumpResult(code)
             with self._lock:
                 self._state = _State.FINISHED
@@ -294,6 +322,106 @@ class Pump:
             raise LinkError(f"pump {self.name!r}: destination refused a frame of {len(data)} bytes")
         raise LinkError(f"pump {self.name!r}: inject failed: {self._last_error()}")
 
+    # ---------------------------------------------------------------- re-wiring
+
+    def retarget(self, endpoint: Endpoint, *, write_header: bool = True) -> None:
+        """Sends every frame after the current batch to ``endpoint`` instead of ``dst``
+        (thread-safe; counters, trace ring and steering rules stay).  The pump takes a
+        private description of the descriptor, as start() does; its description of the
+        old destination is closed (and the old descriptor itself when it was given with
+        ``close=True``).  A pcap destination first gets a global header unless
+        ``write_header`` is False.  Waits while a write to a full old destination is in
+        progress.  Before start() it only replaces ``dst``."""
+        _check_kind(endpoint)
+        with self._lock:
+            state = self._state
+            if state is _State.NEW:
+                old, self.dst, self.write_header = self.dst, endpoint, write_header
+                if old.close and old.fd != endpoint.fd:
+                    _close(old.fd)
+                return
+        if state is not _State.RUNNING or self._result is not None:
+            raise StateError(f"pump {self.name!r} has ended; cannot retarget it")
+        with self._wire_lock:
+            if self._steer_closed:
+                raise StateError(f"pump {self.name!r} has ended; cannot retarget it")
+            rc = lib.relay_set_dst(self._r, endpoint.fd, endpoint._ckind,
+                                   1 if write_header else 0)
+            if rc == -errno.EBADF:
+                raise StateError(f"pump {self.name!r} ended before it could be retargeted")
+            if rc < 0:
+                raise LinkError(f"pump {self.name!r}: cannot retarget: {self._last_error()}")
+            old, self.dst = self.dst, endpoint
+        if old.close and old.fd != endpoint.fd:
+            _close(old.fd)
+
+    @property
+    def flow_table(self) -> FlowTable | None:
+        """The flow table steering uses (shared with the reverse pump), or None."""
+        return self._flow_table
+
+    @flow_table.setter
+    def flow_table(self, table: FlowTable | None) -> None:
+        lib.relay_set_flowtab(self._r, ffi.NULL if table is None else table._ptr)
+        self._flow_table = table  # keeps the table alive while the relay points at it
+
+    def add_steer(
+        self, rule_id: int, filter_expr: str | None, endpoint: Endpoint, *, write_header: bool = True
+    ) -> None:
+        """New flows whose first frame matches the pcap filter ``filter_expr`` (None: none;
+        the rule then only carries flows the reverse pump classified with the same id) go
+        to ``endpoint``, and so do their later frames on this pump.  Gives the pump a flow
+        table of its own when it has none (a link shares one between its pumps).
+        ``endpoint`` with ``close=True`` is closed when the rule is removed or the loop ends."""
+        _check_kind(endpoint)
+        if not isinstance(rule_id, int) or not 1 <= rule_id < 2**32:
+            raise ConfigError(f"steering rule id must be an integer in 1..2**32-1, not {rule_id!r}")
+        if rule_id in self._steer:
+            raise ConfigError(f"pump {self.name!r} already has steering rule {rule_id}")
+        if filter_expr is not None and not filter_expr.strip():
+            raise ConfigError(f"steering rule {rule_id}: empty filter (use None for no filter)")
+        insns, n = bpf_program(filter_expr) if filter_expr is not None else (ffi.NULL, 0)
+        with self._wire_lock:
+            if self._steer_closed or self._state is _State.FINISHED:
+                raise StateError(f"pump {self.name!r} has ended; cannot add steering rule {rule_id}")
+            if self._flow_table is None:
+                self.flow_table = FlowTable()
+            rc = lib.relay_add_steer(self._r, rule_id, insns, n, endpoint.fd, endpoint._ckind,
+                                     1 if write_header else 0)
+            if rc == -errno.EBADF and self._state is not _State.NEW:
+                raise StateError(f"pump {self.name!r} ended before steering rule {rule_id} was added")
+            if rc < 0:
+                raise LinkError(f"pump {self.name!r}: steering rule {rule_id}: {self._last_error()}")
+            self._steer[rule_id] = endpoint
+
+    def remove_steer(self, rule_id: int) -> None:
+        """Removes a rule: its flows take the default path on this pump from the next batch
+        (their flow-table entries stay until they expire)."""
+        with self._wire_lock:
+            endpoint = self._steer.pop(rule_id, None)
+            if endpoint is None:
+                raise ConfigError(f"pump {self.name!r} has no steering rule {rule_id}")
+            lib.relay_remove_steer(self._r, rule_id)
+            closed = self._steer_closed
+        if endpoint.close and not closed:
+            _close(endpoint.fd)
+
+    def steer_stats(self) -> dict[int, SteerStats]:
+        """Counters of every rule of this pump: {rule_id: SteerStats(flows, frames, bytes, drops)}."""
+        out = {}
+        st = ffi.new("relay_steer_stats *")
+        with self._wire_lock:
+            ids = list(self._steer)
+        for rule_id in ids:
+            if lib.relay_get_steer_stats(self._r, rule_id, st) == 0:
+                out[rule_id] = SteerStats(st.flows, st.frames, st.bytes, st.drops)
+        return out
+
+    @property
+    def steer_rules(self) -> dict[int, Endpoint]:
+        with self._wire_lock:
+            return dict(self._steer)
+
     # ---------------------------------------------------------------- trace ring
 
     @property
@@ -316,14 +444,8 @@ class Pump:
             lib.relay_set_filter(self._r, ffi.NULL, 0)
             self._filter = None
             return
-        prog = bpf.compile_filter(expr)
-        insns = ffi.new("relay_bpf_insn[]", len(prog))
-        for i, ins in enumerate(prog):
-            insns[i].code = ins.code
-            insns[i].jt = ins.jt
-            insns[i].jf = ins.jf
-            insns[i].k = ins.k
-        if lib.relay_set_filter(self._r, insns, len(prog)) != 0:
+        insns, n = bpf_program(expr)
+        if lib.relay_set_filter(self._r, insns, n) != 0:
             raise PcapError(f"capture filter {expr!r} compiled to an invalid BPF program")
         self._filter = expr
 

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "relay.h"
+#include "flow.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -60,6 +61,24 @@ typedef struct frame {
     uint32_t orig;
 } frame;
 
+/* A destination: the default one or a steering rule's. */
+typedef struct relay_out {
+    int fd;
+    int kind;
+    int is_sock;                  /* sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL) on a pcap destination */
+    int dead;                     /* a steering output that failed: its frames are dropped */
+    uint8_t ghdr[GHDR];           /* global header still to be written */
+    uint32_t ghdr_off, ghdr_len;
+} relay_out;
+
+typedef struct steer_rule {
+    uint32_t id;
+    relay_bpf_insn *filt;         /* NULL: the rule only carries flows recorded by the other pump */
+    uint32_t filt_len;
+    relay_out out;
+    relay_steer_stats st;         /* single writer (the loop); read under rules_lock */
+} steer_rule;
+
 typedef struct trace_meta {
     uint64_t ts_ns;
     uint64_t seq;
@@ -75,15 +94,21 @@ struct relay {
     int result;                   /* atomic */
     int opened, ran;
 
-    int src_fd, dst_fd;
-    int src_kind, dst_kind;
+    int src_fd;
+    int src_kind;
     int src_sotype;               /* SOCK_SEQPACKET / SOCK_DGRAM, or 0 */
     int src_is_sock;              /* use recv(MSG_DONTWAIT) on a pcap source */
-    int dst_is_sock;              /* use sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL) on a pcap destination */
+    int kickfd;                   /* eventfd: the destination changed, re-poll */
 
-    pthread_mutex_t dst_lock;     /* every destination write */
-    uint8_t ghdr[GHDR];           /* global header still to be written */
-    uint32_t ghdr_off, ghdr_len;
+    pthread_mutex_t dst_lock;     /* every destination write, retarget, steering changes */
+    relay_out dst;                /* the default destination */
+
+    /* steering (under dst_lock; rules_lock too for changes, alone for stats) */
+    pthread_mutex_t rules_lock;
+    relay_flowtab *ft;
+    steer_rule *rules[RELAY_MAX_RULES];
+    uint32_t nrules;
+    int16_t *fout;                /* per frame of a batch: rule index, or -1 (default) */
 
     pthread_mutex_t err_lock;
     char err[ERR_LEN];
@@ -581,13 +606,18 @@ relay *relay_new(relay_stats *stats, uint32_t trace_slots, uint32_t trace_snap)
     if (r == NULL)
         return NULL;
     r->st = stats;
-    r->src_fd = r->dst_fd = -1;
+    r->src_fd = r->dst.fd = -1;
+    r->kickfd = -1;
     r->trace_on = 1;
     pthread_mutex_init(&r->dst_lock, NULL);
+    pthread_mutex_init(&r->rules_lock, NULL);
     pthread_mutex_init(&r->err_lock, NULL);
     pthread_mutex_init(&r->trace_lock, NULL);
     r->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (r->stopfd < 0)
+        goto fail;
+    r->kickfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->kickfd < 0)
         goto fail;
     r->tslots = trace_slots;
     r->tsnap = trace_snap;
@@ -612,6 +642,8 @@ static void free_io(relay *r)
     free(r->fr);
     free(r->wiov);
     free(r->wmm);
+    free(r->fout);
+    r->fout = NULL;
     r->rbuf = r->slots = NULL;
     r->rmm = r->wmm = NULL;
     r->riov = r->wiov = NULL;
@@ -621,11 +653,19 @@ static void free_io(relay *r)
 static void close_fds(relay *r)
 {
     pthread_mutex_lock(&r->dst_lock);
+    pthread_mutex_lock(&r->rules_lock);
     if (r->src_fd >= 0)
         close(r->src_fd);
-    if (r->dst_fd >= 0)
-        close(r->dst_fd);
-    r->src_fd = r->dst_fd = -1;
+    if (r->dst.fd >= 0)
+        close(r->dst.fd);
+    r->src_fd = r->dst.fd = -1;
+    for (uint32_t i = 0; i < r->nrules; i++) {
+        if (r->rules[i]->out.fd >= 0)
+            close(r->rules[i]->out.fd);
+        r->rules[i]->out.fd = -1;
+        r->rules[i]->out.dead = 1;
+    }
+    pthread_mutex_unlock(&r->rules_lock);
     pthread_mutex_unlock(&r->dst_lock);
 }
 
@@ -636,6 +676,12 @@ void relay_free(relay *r)
     close_fds(r);
     if (r->stopfd >= 0)
         close(r->stopfd);
+    if (r->kickfd >= 0)
+        close(r->kickfd);
+    for (uint32_t i = 0; i < r->nrules; i++) {
+        free(r->rules[i]->filt);
+        free(r->rules[i]);
+    }
     free_io(r);
     free(r->tmeta);
     free(r->tdata);
@@ -643,6 +689,7 @@ void relay_free(relay *r)
     pthread_mutex_destroy(&r->dst_lock);
     pthread_mutex_destroy(&r->err_lock);
     pthread_mutex_destroy(&r->trace_lock);
+    pthread_mutex_destroy(&r->rules_lock);
     free(r);
 }
 
@@ -772,7 +819,8 @@ static int alloc_io(relay *r)
     r->fr = calloc(PCAP_BATCH, sizeof *r->fr);
     r->wiov = calloc(PCAP_BATCH, sizeof *r->wiov);
     r->wmm = calloc(PCAP_BATCH, sizeof *r->wmm);
-    if (!r->fr || !r->wiov || !r->wmm)
+    r->fout = calloc(PCAP_BATCH, sizeof *r->fout);
+    if (!r->fr || !r->wiov || !r->wmm || !r->fout)
         return -ENOMEM;
     for (uint32_t i = 0; i < PCAP_BATCH; i++) {
         r->wmm[i].msg_hdr.msg_iov = &r->wiov[i];
@@ -800,16 +848,16 @@ static int alloc_io(relay *r)
 }
 
 /* One non-blocking write attempt of iov[0..cnt) to the destination. */
-static ssize_t dst_write_once(relay *r, struct iovec *iov, int cnt)
+static ssize_t dst_write_once(relay_out *o, struct iovec *iov, int cnt)
 {
-    if (r->dst_is_sock) {
+    if (o->is_sock) {
         struct msghdr mh;
         memset(&mh, 0, sizeof mh);
         mh.msg_iov = iov;
         mh.msg_iovlen = (size_t)cnt;
-        return sendmsg(r->dst_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        return sendmsg(o->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
     }
-    return writev(r->dst_fd, iov, cnt);
+    return writev(o->fd, iov, cnt);
 }
 
 static int peer_closed(relay *r, int e)
@@ -820,19 +868,19 @@ static int peer_closed(relay *r, int e)
 
 /* Writes iov[0..cnt) completely to a byte-stream destination (dst lock held).
  * *done: iovecs written completely.  0 or a RELAY_* result. */
-static int dst_writev_all(relay *r, struct iovec *iov, int cnt, int *done)
+static int dst_writev_all(relay *r, relay_out *o, struct iovec *iov, int cnt, int *done)
 {
     int i = 0;
     *done = 0;
     while (i < cnt) {
         int k = cnt - i < MAX_IOV ? cnt - i : MAX_IOV;
-        ssize_t w = dst_write_once(r, iov + i, k);
+        ssize_t w = dst_write_once(o, iov + i, k);
         if (w < 0) {
             int e = errno, rc;
             if (e == EINTR)
                 continue;
             if (e == EAGAIN || e == EWOULDBLOCK) {
-                rc = wait_fd(r, r->dst_fd, POLLOUT);
+                rc = wait_fd(r, o->fd, POLLOUT);
                 if (rc == 1)
                     return RELAY_STOPPED;
                 if (rc < 0) {
@@ -860,18 +908,33 @@ static int dst_writev_all(relay *r, struct iovec *iov, int cnt, int *done)
     return 0;
 }
 
-static int flush_ghdr(relay *r)
+static int flush_ghdr(relay *r, relay_out *o)
 {
-    if (r->ghdr_off >= r->ghdr_len)
+    if (o->ghdr_off >= o->ghdr_len)
         return 0;
-    struct iovec v = { r->ghdr + r->ghdr_off, r->ghdr_len - r->ghdr_off };
+    struct iovec v = { o->ghdr + o->ghdr_off, o->ghdr_len - o->ghdr_off };
     int done;
-    int rc = dst_writev_all(r, &v, 1, &done);
+    int rc = dst_writev_all(r, o, &v, 1, &done);
     if (rc == 0)
-        r->ghdr_off = r->ghdr_len;
+        o->ghdr_off = o->ghdr_len;
     else
-        r->ghdr_off = (uint32_t)(r->ghdr_len - v.iov_len);
+        o->ghdr_off = (uint32_t)(o->ghdr_len - v.iov_len);
     return rc;
+}
+
+/* Prepares the global header of a pcap output and writes what fits now, so a
+ * reader sees a valid (possibly empty) stream at once; the rest goes first
+ * with the output's first records. */
+static void start_ghdr(relay_out *o)
+{
+    uint32_t h[6] = { MAGIC_US, 2u | 4u << 16, 0, 0, RELAY_SNAPLEN, LINKTYPE_ETHERNET };
+    memcpy(o->ghdr, h, GHDR);
+    o->ghdr_len = GHDR;
+    o->ghdr_off = 0;
+    struct iovec v = { o->ghdr, GHDR };
+    ssize_t w = dst_write_once(o, &v, 1);
+    if (w > 0)
+        o->ghdr_off = (uint32_t)w;
 }
 
 int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int write_header)
@@ -882,11 +945,11 @@ int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int
         return -EALREADY;
     }
     r->src_kind = src_kind;
-    r->dst_kind = dst_kind;
+    r->dst.kind = dst_kind;
     rc = take_fd(r, src_fd, src_kind, 0, "source", &r->src_fd, &r->src_sotype, &r->src_is_sock);
     if (rc < 0)
         return rc;
-    rc = take_fd(r, dst_fd, dst_kind, 1, "destination", &r->dst_fd, &dummy, &r->dst_is_sock);
+    rc = take_fd(r, dst_fd, dst_kind, 1, "destination", &r->dst.fd, &dummy, &r->dst.is_sock);
     if (rc < 0)
         goto fail;
     rc = alloc_io(r);
@@ -894,17 +957,8 @@ int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int
         set_err(r, "out of memory");
         goto fail;
     }
-    if (dst_kind == RELAY_KIND_PCAP && write_header) {
-        uint32_t h[6] = { MAGIC_US, 2u | 4u << 16, 0, 0, RELAY_SNAPLEN, LINKTYPE_ETHERNET };
-        memcpy(r->ghdr, h, GHDR);
-        r->ghdr_len = GHDR;
-        /* written now when the destination has room, so a reader sees a valid
-         * (possibly empty) stream at once; the rest goes first in the loop */
-        struct iovec v = { r->ghdr, GHDR };
-        ssize_t w = dst_write_once(r, &v, 1);
-        if (w > 0)
-            r->ghdr_off = (uint32_t)w;
-    }
+    if (dst_kind == RELAY_KIND_PCAP && write_header)
+        start_ghdr(&r->dst);
     r->opened = 1;
     return 0;
 fail:
@@ -1232,37 +1286,48 @@ static int read_sock(relay *r, uint32_t *n)
 
 /* ---------------------------------------------------------------- destinations */
 
-static int write_pcap(relay *r, uint32_t n, uint64_t ts)
+/* Writes frames [first, first + n) of the batch to o as pcap records.
+ * *sent, *bytes: frames written and their bytes (added to the relay's counters). */
+static int write_pcap(relay *r, relay_out *o, uint32_t first, uint32_t n, uint64_t ts,
+                      uint32_t *sent, uint64_t *bytes_out)
 {
     uint64_t bytes = 0;
     int done = 0, rc;
+    frame *fr = r->fr + first;
+    struct iovec *iov = r->wiov + first;
     for (uint32_t i = 0; i < n; i++) {
-        put_rec_hdr(r->fr[i].rec, ts, r->fr[i].len, r->fr[i].orig);
-        r->wiov[i].iov_base = r->fr[i].rec;
-        r->wiov[i].iov_len = REC_HDR + r->fr[i].len;
+        put_rec_hdr(fr[i].rec, ts, fr[i].len, fr[i].orig);
+        iov[i].iov_base = fr[i].rec;
+        iov[i].iov_len = REC_HDR + fr[i].len;
     }
-    rc = dst_writev_all(r, r->wiov, (int)n, &done);
+    rc = flush_ghdr(r, o);
+    if (rc == 0)
+        rc = dst_writev_all(r, o, iov, (int)n, &done);
     for (int i = 0; i < done; i++)
-        bytes += r->fr[i].len;
+        bytes += fr[i].len;
     stat_add(&r->st->frames, (uint64_t)done);
     stat_add(&r->st->bytes, bytes);
+    *sent = (uint32_t)done;
+    *bytes_out = bytes;
     return rc;
 }
 
-static int write_sock(relay *r, uint32_t n)
+static int write_sock(relay *r, relay_out *o, uint32_t first, uint32_t n,
+                      uint32_t *sent_out, uint64_t *bytes_out)
 {
     uint32_t i = 0, sent = 0, drops = 0;
     uint64_t bytes = 0;
     int rc = 0;
+    frame *fr = r->fr + first;
     for (uint32_t j = 0; j < n; j++) {
-        r->wiov[j].iov_base = r->fr[j].rec + REC_HDR;
-        r->wiov[j].iov_len = r->fr[j].len;
+        r->wiov[first + j].iov_base = fr[j].rec + REC_HDR;
+        r->wiov[first + j].iov_len = fr[j].len;
     }
     while (i < n) {
-        int k = sendmmsg(r->dst_fd, r->wmm + i, n - i, MSG_DONTWAIT | MSG_NOSIGNAL);
+        int k = sendmmsg(o->fd, r->wmm + first + i, n - i, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (k > 0) {
             for (int j = 0; j < k; j++)
-                bytes += r->fr[i + (uint32_t)j].len;
+                bytes += fr[i + (uint32_t)j].len;
             sent += (uint32_t)k;
             i += (uint32_t)k;
             continue;
@@ -1271,7 +1336,7 @@ static int write_sock(relay *r, uint32_t n)
         if (e == EINTR)
             continue;
         if (e == EAGAIN || e == EWOULDBLOCK) {
-            int w = wait_fd(r, r->dst_fd, POLLOUT);
+            int w = wait_fd(r, o->fd, POLLOUT);
             if (w == 1) {
                 rc = RELAY_STOPPED;
                 break;
@@ -1284,7 +1349,7 @@ static int write_sock(relay *r, uint32_t n)
             continue;
         }
         if (e == EMSGSIZE || e == ENOBUFS || e == ENOMEM) {
-            set_err(r, "destination refused a frame of %u bytes: %s; dropped", r->fr[i].len,
+            set_err(r, "destination refused a frame of %u bytes: %s; dropped", fr[i].len,
                     strerror(e));
             drops++;
             i++;
@@ -1302,6 +1367,265 @@ static int write_sock(relay *r, uint32_t n)
     stat_add(&r->st->bytes, bytes);
     if (drops)
         stat_add(&r->st->drops, drops);
+    *sent_out = sent;
+    *bytes_out = bytes;
+    return rc;
+}
+
+static int write_out(relay *r, relay_out *o, uint32_t first, uint32_t n, uint64_t ts,
+                     uint32_t *sent, uint64_t *bytes)
+{
+    *sent = 0;
+    *bytes = 0;
+    return o->kind == RELAY_KIND_PCAP ? write_pcap(r, o, first, n, ts, sent, bytes)
+                                      : write_sock(r, o, first, n, sent, bytes);
+}
+
+/* ---------------------------------------------------------------- steering */
+
+static steer_rule *find_rule(relay *r, uint32_t id, uint32_t *idx)
+{
+    for (uint32_t i = 0; i < r->nrules; i++)
+        if (r->rules[i]->id == id) {
+            if (idx)
+                *idx = i;
+            return r->rules[i];
+        }
+    return NULL;
+}
+
+/* Chooses each frame's output (dst lock held): r->fout[i] = rule index or -1. */
+static void steer_classify(relay *r, uint32_t n)
+{
+    relay_flowtab *t = r->ft;
+    uint64_t now = flow_now_ns();
+    pthread_mutex_lock(&t->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *f = r->fr[i].rec + REC_HDR;
+        flow_key k;
+        uint8_t fl;
+        uint32_t rule = 0, idx;
+        r->fout[i] = -1;
+        if (!flow_key_of(f, r->fr[i].len, &k, &fl))
+            continue;
+        int tcp = k.proto == 6;
+        int syn = tcp && (fl & FLOW_TCP_SYN) && !(fl & FLOW_TCP_ACK);
+        int fin = tcp && (fl & (FLOW_TCP_FIN | FLOW_TCP_RST));
+        flow_ent *e = flow_find(t, &k, now);
+        if (e != NULL && !(syn && e->closing)) {
+            rule = e->rule;
+            e->last_ns = now;
+            if (fin)
+                e->closing = 1;
+        } else {
+            if (!tcp || syn) {
+                for (uint32_t j = 0; j < r->nrules; j++) {
+                    steer_rule *s = r->rules[j];
+                    if (s->filt && relay_bpf_run(s->filt, f, r->fr[i].len, r->fr[i].orig)) {
+                        rule = s->id;
+                        stat_add(&s->st.flows, 1);
+                        break;
+                    }
+                }
+            }
+            flow_insert(t, &k, rule, now, fin);
+        }
+        if (rule && find_rule(r, rule, &idx))
+            r->fout[i] = (int16_t)idx;
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* A steering output failed: from now on its frames are dropped (counted), the
+ * pump goes on. Rule outputs never end the loop, except on stop. */
+static int steer_failed(relay *r, steer_rule *s, int rc, uint32_t lost)
+{
+    if (rc == RELAY_STOPPED)
+        return rc;
+    s->out.dead = 1;
+    stat_add(&s->st.drops, lost);
+    stat_add(&r->st->drops, lost);
+    char msg[ERR_LEN];
+    relay_last_error(r, msg, sizeof msg);
+    set_err(r, "steering rule %u: output failed (%s); its frames are dropped", s->id, msg);
+    return 0;
+}
+
+/* Writes the batch (dst lock held): in runs of consecutive frames with one output. */
+static int write_batch(relay *r, uint32_t n, uint64_t ts)
+{
+    uint32_t sent;
+    uint64_t bytes;
+    if (r->ft == NULL)    /* no flow table: no steering, every frame to the default path */
+        return write_out(r, &r->dst, 0, n, ts, &sent, &bytes);
+    steer_classify(r, n);
+    for (uint32_t i = 0; i < n;) {
+        int o = r->fout[i];
+        uint32_t j = i + 1;
+        while (j < n && r->fout[j] == o)
+            j++;
+        int rc;
+        if (o < 0) {
+            rc = write_out(r, &r->dst, i, j - i, ts, &sent, &bytes);
+            if (rc)
+                return rc;
+        } else {
+            steer_rule *s = r->rules[o];
+            if (s->out.dead) {
+                stat_add(&s->st.drops, j - i);
+                stat_add(&r->st->drops, j - i);
+            } else {
+                rc = write_out(r, &s->out, i, j - i, ts, &sent, &bytes);
+                stat_add(&s->st.frames, sent);
+                stat_add(&s->st.bytes, bytes);
+                if (rc && steer_failed(r, s, rc, j - i - sent))
+                    return rc;
+            }
+        }
+        i = j;
+    }
+    return 0;
+}
+
+int relay_set_flowtab(relay *r, relay_flowtab *t)
+{
+    pthread_mutex_lock(&r->dst_lock);
+    r->ft = t;
+    pthread_mutex_unlock(&r->dst_lock);
+    return 0;
+}
+
+static void kick(relay *r)
+{
+    uint64_t one = 1;
+    ssize_t w = write(r->kickfd, &one, sizeof one);
+    (void)w;
+}
+
+int relay_set_dst(relay *r, int fd, int kind, int write_header)
+{
+    int nfd, sotype, is_sock, rc;
+    if (!r->opened) {
+        set_err(r, "relay not opened: cannot retarget");
+        return -EINVAL;
+    }
+    rc = take_fd(r, fd, kind, 1, "new destination", &nfd, &sotype, &is_sock);
+    if (rc < 0)
+        return rc;
+    relay_out o;
+    memset(&o, 0, sizeof o);
+    o.fd = nfd;
+    o.kind = kind;
+    o.is_sock = is_sock;
+    pthread_mutex_lock(&r->dst_lock);
+    if (r->dst.fd < 0) {
+        pthread_mutex_unlock(&r->dst_lock);
+        close(nfd);
+        return -EBADF;
+    }
+    int old = r->dst.fd;
+    r->dst = o;
+    if (kind == RELAY_KIND_PCAP && write_header)
+        start_ghdr(&r->dst);
+    pthread_mutex_unlock(&r->dst_lock);
+    close(old);
+    kick(r);        /* the loop may be polling the old descriptor for a hangup */
+    return 0;
+}
+
+int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uint32_t n,
+                    int fd, int kind, int write_header)
+{
+    int rc, sotype;
+    if (rule_id == 0) {
+        set_err(r, "steering rule id 0 is the default path");
+        return -EINVAL;
+    }
+    if (insns != NULL && n > 0 && relay_bpf_validate(insns, n) != 0) {
+        set_err(r, "steering rule %u: invalid BPF program", rule_id);
+        return -EINVAL;
+    }
+    steer_rule *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return -ENOMEM;
+    s->id = rule_id;
+    if (insns != NULL && n > 0) {
+        s->filt = malloc(sizeof *s->filt * n);
+        if (s->filt == NULL) {
+            free(s);
+            return -ENOMEM;
+        }
+        memcpy(s->filt, insns, sizeof *s->filt * n);
+        s->filt_len = n;
+    }
+    s->out.kind = kind;
+    rc = take_fd(r, fd, kind, 1, "steering destination", &s->out.fd, &sotype, &s->out.is_sock);
+    if (rc < 0) {
+        free(s->filt);
+        free(s);
+        return rc;
+    }
+    pthread_mutex_lock(&r->dst_lock);
+    pthread_mutex_lock(&r->rules_lock);
+    rc = 0;
+    if (find_rule(r, rule_id, NULL) != NULL) {
+        set_err(r, "steering rule %u exists already", rule_id);
+        rc = -EEXIST;
+    } else if (r->nrules >= RELAY_MAX_RULES) {
+        set_err(r, "steering: at most %d rules per pump", RELAY_MAX_RULES);
+        rc = -ENOSPC;
+    } else if (r->ran && r->dst.fd < 0) {
+        set_err(r, "steering rule %u: the pump has ended", rule_id);
+        rc = -EBADF;
+    } else {
+        if (kind == RELAY_KIND_PCAP && write_header)
+            start_ghdr(&s->out);
+        r->rules[r->nrules++] = s;
+    }
+    pthread_mutex_unlock(&r->rules_lock);
+    pthread_mutex_unlock(&r->dst_lock);
+    if (rc) {
+        close(s->out.fd);
+        free(s->filt);
+        free(s);
+    }
+    return rc;
+}
+
+int relay_remove_steer(relay *r, uint32_t rule_id)
+{
+    uint32_t idx;
+    pthread_mutex_lock(&r->dst_lock);
+    pthread_mutex_lock(&r->rules_lock);
+    steer_rule *s = find_rule(r, rule_id, &idx);
+    if (s != NULL) {
+        memmove(r->rules + idx, r->rules + idx + 1, sizeof *r->rules * (r->nrules - idx - 1));
+        r->nrules--;
+    }
+    pthread_mutex_unlock(&r->rules_lock);
+    pthread_mutex_unlock(&r->dst_lock);
+    if (s == NULL)
+        return -ENOENT;
+    if (s->out.fd >= 0)
+        close(s->out.fd);
+    free(s->filt);
+    free(s);
+    return 0;
+}
+
+int relay_get_steer_stats(relay *r, uint32_t rule_id, relay_steer_stats *out)
+{
+    int rc = -ENOENT;
+    pthread_mutex_lock(&r->rules_lock);
+    steer_rule *s = find_rule(r, rule_id, NULL);
+    if (s != NULL) {
+        out->flows = __atomic_load_n(&s->st.flows, __ATOMIC_RELAXED);
+        out->frames = __atomic_load_n(&s->st.frames, __ATOMIC_RELAXED);
+        out->bytes = __atomic_load_n(&s->st.bytes, __ATOMIC_RELAXED);
+        out->drops = __atomic_load_n(&s->st.drops, __ATOMIC_RELAXED);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&r->rules_lock);
     return rc;
 }
 
@@ -1310,7 +1634,7 @@ static int write_sock(relay *r, uint32_t n)
 /* Waits for the source; also notices a destination whose peer went away. */
 static int wait_src(relay *r)
 {
-    struct pollfd p[3];
+    struct pollfd p[4];
     for (;;) {
         if (stopping(r))
             return RELAY_STOPPED;
@@ -1318,10 +1642,12 @@ static int wait_src(relay *r)
         p[0].events = POLLIN;
         p[1].fd = r->stopfd;
         p[1].events = POLLIN;
-        p[2].fd = r->dst_fd;
+        p[2].fd = __atomic_load_n(&r->dst.fd, __ATOMIC_RELAXED);
         p[2].events = 0;          /* POLLERR / POLLHUP only */
-        p[0].revents = p[1].revents = p[2].revents = 0;
-        if (poll(p, 3, -1) < 0) {
+        p[3].fd = r->kickfd;
+        p[3].events = POLLIN;
+        p[0].revents = p[1].revents = p[2].revents = p[3].revents = 0;
+        if (poll(p, 4, -1) < 0) {
             if (errno == EINTR)
                 continue;
             set_err(r, "poll on source: %s", strerror(errno));
@@ -1329,6 +1655,12 @@ static int wait_src(relay *r)
         }
         if (p[1].revents)
             return RELAY_STOPPED;
+        if (p[3].revents) {
+            uint64_t v;
+            ssize_t k = read(r->kickfd, &v, sizeof v);   /* retargeted: poll the new one */
+            (void)k;
+            continue;
+        }
         if (p[0].revents)
             return 0;
         if (p[2].revents & (POLLERR | POLLHUP)) {
@@ -1345,7 +1677,7 @@ static int run_loop(relay *r)
     if (stopping(r))
         return RELAY_STOPPED;
     pthread_mutex_lock(&r->dst_lock);
-    rc = flush_ghdr(r);
+    rc = flush_ghdr(r, &r->dst);
     pthread_mutex_unlock(&r->dst_lock);
     if (rc)
         return rc;
@@ -1358,9 +1690,7 @@ static int run_loop(relay *r)
             uint64_t ts = now_ns();
             trace_batch(r, n, ts);
             pthread_mutex_lock(&r->dst_lock);
-            rc = flush_ghdr(r);
-            if (rc == 0)
-                rc = r->dst_kind == RELAY_KIND_PCAP ? write_pcap(r, n, ts) : write_sock(r, n);
+            rc = write_batch(r, n, ts);
             pthread_mutex_unlock(&r->dst_lock);
             if (rc)
                 return rc;
@@ -1422,7 +1752,7 @@ int relay_inject(relay *r, const void *data, uint32_t len)
     if (len < RELAY_FRAME_MIN || len > RELAY_FRAME_MAX)
         return -EMSGSIZE;
     pthread_mutex_lock(&r->dst_lock);
-    if (r->dst_fd < 0) {
+    if (r->dst.fd < 0) {
         pthread_mutex_unlock(&r->dst_lock);
         return -EBADF;
     }
@@ -1435,14 +1765,14 @@ int relay_inject(relay *r, const void *data, uint32_t len)
     } else {
         __atomic_fetch_add(&r->seq, 1, __ATOMIC_RELAXED);
     }
-    if (r->dst_kind == RELAY_KIND_PCAP) {
+    if (r->dst.kind == RELAY_KIND_PCAP) {
         uint8_t hdr[REC_HDR];
         struct iovec v[2] = { { hdr, REC_HDR }, { (void *)data, len } };
         int done;
         put_rec_hdr(hdr, ts, len, len);
-        rc = flush_ghdr(r);
+        rc = flush_ghdr(r, &r->dst);
         if (rc == 0)
-            rc = dst_writev_all(r, v, 2, &done);
+            rc = dst_writev_all(r, &r->dst, v, 2, &done);
     } else {
         struct iovec v = { (void *)data, len };
         struct msghdr mh;
@@ -1450,13 +1780,13 @@ int relay_inject(relay *r, const void *data, uint32_t len)
         mh.msg_iov = &v;
         mh.msg_iovlen = 1;
         for (;;) {
-            if (sendmsg(r->dst_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+            if (sendmsg(r->dst.fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
                 break;
             int e = errno;
             if (e == EINTR)
                 continue;
             if (e == EAGAIN || e == EWOULDBLOCK) {
-                int w = wait_fd(r, r->dst_fd, POLLOUT);
+                int w = wait_fd(r, r->dst.fd, POLLOUT);
                 if (w == 0)
                     continue;
                 rc = w == 1 ? RELAY_STOPPED : RELAY_ERROR;
