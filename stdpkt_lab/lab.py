@@ -97,6 +97,8 @@ class Lab:
         try:
             return self._instances[node]
         except KeyError:
+            if self._live is not None and node in self._live.detours:
+                return self._live.detours[node]
             raise KeyError(f"no node {node!r} in this lab (nodes: {', '.join(self.plan.nodes)})") from None
 
     def __iter__(self) -> Iterator[str]:
@@ -386,11 +388,12 @@ class Lab:
         """Remove the link between ``a`` and ``b``."""
         self.live.disconnect(a, b)
 
-    def steer(self, link: LinkRef, match: str, *, via: Sequence[str]) -> str:
-        """New flows on ``link`` matching ``match`` (pcap filter) traverse ``via``; returns the rule id."""
+    def steer(self, link: LinkRef, match: str, *, via: Sequence[str]) -> Any:
+        """New flows on ``link`` matching ``match`` (pcap filter) traverse the detours ``via``
+        (booted with :meth:`add`); returns the :class:`~stdpkt_lab.steering.SteerRule`."""
         return self.live.steer(link, match, via=via)
 
-    def unsteer(self, rule: str) -> None:
+    def unsteer(self, rule: Any) -> None:
         """Remove a steering rule (its established flows fall back to the default path)."""
         self.live.unsteer(rule)
 

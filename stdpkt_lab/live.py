@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .describe import KindRegistry
     from .engine.pool import InstancePool
     from .lab import Lab
+    from .steering import SteerRule
 
 __all__ = ["LiveChains", "Change", "ANNOUNCE"]
 
@@ -94,6 +95,9 @@ class LiveChains:
         self.detours: dict[str, Instance] = {}
         self._pool: InstancePool | None = None
         self._lock = threading.RLock()
+        from .steering import Steering
+
+        self.steering = Steering(self)
 
     # ------------------------------------------------------------ warm pool
     def warm(self, size: int = 1, *, ports: int = 2, mem_mb: int = 128) -> InstancePool:
@@ -113,6 +117,7 @@ class LiveChains:
 
     def close(self) -> None:
         """Stop the warm pool and the detours (the lab stops everything else). Idempotent."""
+        self.steering.close()
         with self._lock:
             pool, self._pool = self._pool, None
             detours = list(self.detours.values())
@@ -246,6 +251,7 @@ class LiveChains:
             inst, boot_s = self._boot(new.nodes[node].spec, "inserting")
             instances = {**self.lab._instances, node: inst}  # noqa: SLF001
             try:
+                self._unsteer_links([current])
                 _, dt = self._switch([current], [(a, node), (node, b)], new, instances)
             except BaseException:
                 inst.stop()
@@ -424,19 +430,32 @@ class LiveChains:
             applied = self._apply(old, new, skip=[a, b])
             self._record(Change("disconnect", f"{a}-{b}", time.time(), details={"applied": applied}))
 
-    # ------------------------------------------------------------ steering (datapath primitives)
+    # ------------------------------------------------------------ steering (stdpkt_lab.steering)
+    def steer(self, link: LinkRef, match: str, *, via: Sequence[str]) -> SteerRule:
+        """New flows a → b on ``link`` matching the pcap filter ``match`` traverse the detours
+        ``via`` (booted with :meth:`add`) in order; replies come back the same way."""
+        a, b = _link_ref(link)
+        with self._lock, self.lab._lock:  # noqa: SLF001
+            self._require_running()
+            rule = self.steering.steer((a, b), match, via=via)
+            self._record(Change("steer", rule.name, time.time(),
+                                details={"link": (a, b), "match": match, "via": list(rule.via)}))
+            return rule
+
+    def unsteer(self, rule: int | str | SteerRule) -> None:
+        """Remove a steering rule; its flows take the default path from the next frame."""
+        with self._lock, self.lab._lock:  # noqa: SLF001
+            self.steering.unsteer(rule)
+            self._record(Change("unsteer", str(getattr(rule, "name", rule)), time.time()))
+
     def _unsteer_links(self, links: Iterable[Link]) -> None:
-        """Steering rules on links about to be replaced are dropped (flows fall back to the
-        default path); overridden by the steering module when present."""
-        steering = getattr(self, "steering", None)
-        if steering is not None:
-            for link in links:
-                steering.drop_link(link)
+        """Steering rules on links about to be replaced are dropped (their flows fall back
+        to the default path)."""
+        for link in links:
+            self.steering.drop_link(link)
 
     def _unsteer_node(self, node: str) -> None:
-        steering = getattr(self, "steering", None)
-        if steering is not None:
-            steering.drop_via(node)
+        self.steering.drop_via(node)
 
     def graph(self) -> nx.Graph:
         """The running chain plus detours (``detour=True``): for drawing, not for saving."""

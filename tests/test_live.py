@@ -175,3 +175,52 @@ def test_replace_firewall_carries_conntrack_and_a_failing_replacement_changes_no
           f"{change.details['conntrack_carried']} conntrack entries carried; flow below 10% "
           f"for {outage:.1f} s; intervals MB: {[round(b / 1e6, 1) for b in intervals]}")
     assert outage <= 0.6
+
+
+@pytest.mark.uml
+def test_steering_detours_only_matching_new_flows_and_unsteer_keeps_the_flow() -> None:
+    g = fw_graph(["tcp/5201", "tcp/80", "icmp"])
+    g.nodes["server"]["serve"] = ["iperf3", "iperf3:80"]
+    with sl.Lab(g, progress=False) as lab:
+        before = pids(lab)
+        ids = lab.add("ids", kind="filter")
+        assert "ids" in lab.live.detours and "ids" not in lab.graph
+        with pytest.raises(ChainError, match="not a detour"):
+            lab.steer(("client", "fw"), "tcp port 80", via=["nosuch"])
+        plain = start_flow(lab, 10, "plain")  # port 5201: established before the rule
+        wait_flowing(lab, ("client", "fw"))
+        rule = lab.steer(("client", "fw"), "tcp port 80", via=["ids"])
+        lab.exec("client", f"iperf3 -c server -p 80 -t 6 -i {INTERVAL} -J > /tmp/web.json 2>&1 &")
+        deadline = time.monotonic() + 20
+        while lab.live.steering.stats(rule)["bytes"] < 5e6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        flows = lab.link("client", "fw").flow_table.flows()
+        by_port = {}
+        for f in flows:
+            for port in (f.port_lo, f.port_hi):
+                if port in (80, 5201):
+                    by_port.setdefault(port, set()).add(f.rule)
+        assert by_port.get(80) == {rule.id}, flows  # the new port-80 flows took the detour
+        assert by_port.get(5201) == {0}, flows      # the older 5201 flows did not
+        stats = lab.live.steering.stats(rule)
+        assert stats["flows"] >= 2 and stats["frames"] > 1000, stats  # iperf3: control + data
+        ids_rules = lab.nf_counters("ids")["rules"]
+        fwd = {r["rule"]: r["packets"] for r in ids_rules if r["chain"] == "FORWARD"}
+        new = next(v for k, v in fwd.items() if "NEW" in k)
+        est = next(v for k, v in fwd.items() if "ESTABLISHED" in k)
+        assert new == stats["flows"] and est > 100, ids_rules  # the detour's own counters
+        table = lab.live.steering.table()
+        assert table[0]["match"] == "tcp port 80" and table[0]["via"] == "ids"
+        time.sleep(1)
+        lab.unsteer(rule)  # policy change mid-flow: the flow goes on by the default path
+        assert lab.live.steering.table() == []
+        web_iv = flow_intervals(lab, "/tmp/web.json")
+        plain_iv = flow_intervals(lab, plain)
+        lab.remove("ids")
+        assert ids.state.value == "stopped" and "ids" not in lab.live.detours
+        assert pids(lab) == before
+    assert all(b > 0 for b in web_iv[:-1]), web_iv
+    assert all(b > 0 for b in plain_iv[:-1]), plain_iv
+    print(f"steered flow below 10% for {outage_seconds(web_iv):.1f} s across unsteer; "
+          f"web MB {[round(b / 1e6, 1) for b in web_iv]}")
+    assert outage_seconds(web_iv) <= 0.6
