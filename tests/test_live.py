@@ -7,7 +7,10 @@ Real kernels, real iperf3 flows; the flow's per-interval byte counts (iperf3 JSO
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import networkx as nx
 import pytest
@@ -16,6 +19,8 @@ import stdpkt_lab as sl
 from stdpkt_lab.describe import build_plan
 from stdpkt_lab.describe.rewire import check_kept, pinned_graph, splice, unsplice
 from stdpkt_lab.errors import BootError, ChainError
+
+from .pipeline import Pipeline, Stage
 
 INTERVAL = 0.2
 
@@ -224,3 +229,88 @@ def test_steering_detours_only_matching_new_flows_and_unsteer_keeps_the_flow() -
     print(f"steered flow below 10% for {outage_seconds(web_iv):.1f} s across unsteer; "
           f"web MB {[round(b / 1e6, 1) for b in web_iv]}")
     assert outage_seconds(web_iv) <= 0.6
+
+
+# ---------------------------------------------------------------- stdpkt run accepts new channels
+def _stdpkt(stdpkt_bin: str, *args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([stdpkt_bin, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ))
+
+
+def _wait_for(check, what: str, timeout: float = 90.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.uml
+def test_stdpkt_run_pipeline_gains_a_third_stage_without_restarting(
+        stdpkt_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STDPKT_CONTROL_DIR", str(tmp_path / "ctl"))
+    client = tmp_path / "client.sh"
+    client.write_text(
+        "until ping -c1 -W1 10.0.1.2 >/dev/null 2>&1; do sleep 0.2; done\n"
+        "echo REACHED\n"
+        "while ping -c1 -W1 10.0.1.2 >/dev/null 2>&1; do sleep 0.2; done\n"
+        "echo LOST\n")
+    quiet = tmp_path / "nf.sh"
+    quiet.write_text("true\n")
+    stages = [
+        Stage("A", [stdpkt_bin, "run", "--oneshot", "--name", "A", str(client)],
+              {"IF0": "p1|/dev/stdout", "IP0": "10.0.0.2", "NETMASK0": "24", "GATEWAY": "10.0.0.1"}),
+        Stage("B", [stdpkt_bin, "run", "--name", "B", str(quiet)],
+              {"IF0": "/dev/stdin|p1", "IP0": "10.0.0.1", "NETMASK0": "24"}),
+    ]
+    c_err = open(tmp_path / "C.err", "wb")
+    with Pipeline(stages, tmp_path) as pipe:
+        third = subprocess.Popen(
+            [stdpkt_bin, "run", "--name", "C", str(quiet)], cwd=tmp_path, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=c_err,
+            env={**os.environ, "IF0": "p4|p5", "IP0": "10.0.1.2", "NETMASK0": "24",
+                 "GATEWAY": "10.0.1.1"})
+        c_err.close()
+        try:
+            def listed() -> dict[str, str]:
+                out = _stdpkt(stdpkt_bin, "ls", cwd=tmp_path).stdout
+                rows = {line.split("\t")[0]: line for line in out.splitlines() if line}
+                ok = all(n in rows and "running" in rows[n] for n in ("A", "B", "C"))
+                return rows if ok else {}
+
+            rows = _wait_for(listed, "A, B and C in stdpkt ls", 120)
+            assert "eth0 10.0.0.1/24" in rows["B"] and "eth2" not in rows["B"]
+            kernels = {i["name"]: i["kernel_pid"] for i in _infos()}
+            # bad input: a clear error, exit status 2
+            bad = _stdpkt(stdpkt_bin, "attach", "B", "IF2=a|b|c", cwd=tmp_path)
+            assert bad.returncode == 2 and "IF2" in bad.stderr, bad
+            missing = _stdpkt(stdpkt_bin, "attach", "nosuch", "IF2=p4|p5", cwd=tmp_path)
+            assert missing.returncode == 2 and "no running instance named 'nosuch'" in missing.stderr
+            done = _stdpkt(stdpkt_bin, "attach", "B", "IF2=p5|p4", "IP2=10.0.1.1", "NETMASK2=24",
+                           cwd=tmp_path)
+            assert done.returncode == 0, done
+            _wait_for(lambda: "REACHED" in pipe.stderr("A"), "A reaching C through B's new eth2")
+            after = _stdpkt(stdpkt_bin, "ls", cwd=tmp_path).stdout
+            assert "eth2 10.0.1.1/24" in after and "(attached)" in after, after
+            assert {i["name"]: i["kernel_pid"] for i in _infos()} == kernels  # nothing restarted
+            again = _stdpkt(stdpkt_bin, "attach", "B", "IF2=p5|p4", cwd=tmp_path)
+            assert again.returncode == 2 and "already has eth2" in again.stderr
+            gone = _stdpkt(stdpkt_bin, "detach", "B", "2", cwd=tmp_path)
+            assert gone.returncode == 0, gone
+            codes = pipe.wait(60)  # A sees C vanish, ends; B sees EOF, ends; C sees EOF, ends
+            assert "LOST" in pipe.stderr("A"), pipe.all_stderr()
+            assert codes == [0, 0], (codes, pipe.all_stderr())
+            assert third.wait(60) == 0, (tmp_path / "C.err").read_text()
+        finally:
+            if third.poll() is None:
+                third.terminate()
+                third.wait(20)
+    assert not list((tmp_path / "ctl").iterdir())  # every name removed
+
+
+def _infos() -> list[dict]:  # type: ignore[type-arg]
+    from stdpkt_lab.engine.control import list_instances
+
+    return list_instances()

@@ -43,7 +43,7 @@ def _listener_path(inst: Instance, index: int) -> Path:
 def plug(inst: Instance, index: int, *, mtu: int = 1500, address: str | None = None,
          timeout: float = 20.0) -> socket.socket:
     """Add ``eth<index>`` to running ``inst`` (addressed ``address`` = "a.b.c.d/len" if
-    given); returns its host end.  The index must be the next free port number."""
+    given); returns its host end.  Gaps are allowed (eth2 on an instance with only eth0)."""
     if inst.state.value != "running":
         raise StateError(f"instance {inst.name!r} is {inst.state.value}: hot-plug needs a running one")
     ports = inst._host_ports  # noqa: SLF001 - the instance owns its ports; we add one
@@ -51,8 +51,6 @@ def plug(inst: Instance, index: int, *, mtu: int = 1500, address: str | None = N
         raise StateError(f"instance {inst.name!r}: port index {index} outside 0..{MAX_PORTS - 1}")
     if index < len(ports) and ports[index] is not None:
         raise StateError(f"instance {inst.name!r} already has eth{index}")
-    if index > len(ports):
-        raise StateError(f"instance {inst.name!r}: next port is eth{len(ports)}, not eth{index}")
     if not 68 <= mtu <= MAX_MTU:
         raise StateError(f"MTU {mtu} outside 68..{MAX_MTU}")
     path = _listener_path(inst, index)
@@ -101,10 +99,9 @@ def plug(inst: Instance, index: int, *, mtu: int = 1500, address: str | None = N
     finally:
         listener.close()
         path.unlink(missing_ok=True)
-    if index == len(ports):
-        ports.append(conn)
-    else:
-        ports[index] = conn
+    while len(ports) <= index:
+        ports.append(None)
+    ports[index] = conn
     setattr(inst, _ATTR, plugged_ports(inst) | {index})
     return conn
 
@@ -131,8 +128,7 @@ def unplug(inst: Instance, index: int) -> None:
         _remove_device(inst, index)
     if sock is not None:
         sock.close()
-    if index == len(ports) - 1:
+    ports[index] = None
+    while ports and ports[-1] is None and len(ports) > len(inst.spec.ports):
         ports.pop()
-    else:
-        ports[index] = None
     setattr(inst, _ATTR, plugged_ports(inst) - {index})
