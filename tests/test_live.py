@@ -314,3 +314,44 @@ def _infos() -> list[dict]:  # type: ignore[type-arg]
     from stdpkt_lab.engine.control import list_instances
 
     return list_instances()
+
+
+@pytest.mark.uml
+def test_routing_insert_from_the_warm_pool_rederives_routes_and_the_lab_file_saves_it(
+        tmp_path: Path) -> None:
+    from stdpkt_lab.describe import load_lab, save_lab
+
+    with sl.Lab(fw_graph(), progress=False) as lab:
+        before = pids(lab)
+        lab.live.warm(1)
+        lab.live.pool.wait_filled(90)
+        report = start_flow(lab, 8)
+        wait_flowing(lab, ("client", "fw"))
+        fw_before = lab.plan["fw"].spec.ports[0].address
+        r1 = lab.insert(("client", "fw"), "r1", kind="router")
+        change = lab.live.history[-1]
+        assert change.details["pooled"] and change.boot_s < 5
+        # fw's client-side port moved to the new subnet; routes and /etc/hosts followed
+        assert lab.plan["fw"].spec.ports[0].address != fw_before
+        assert "fw" in change.details["applied"] and "routes" in change.details["applied"]["fw"]
+        fw_ip = str(lab.plan.address("fw"))
+        assert f"{fw_ip}\tfw" in lab.exec("client", "cat /etc/hosts").stdout
+        assert lab.exec("client", "ping -c 1 -W 3 fw").returncode == 0
+        first_hop = lab.exec("client", "ping -n -c 1 -t 1 -W 2 server", timeout=20).stdout
+        assert f"From {lab.plan['r1'].spec.ports[0].address.ip}" in first_hop, first_hop
+        # the running chain, saved, plans to the same ports and addresses
+        save_lab(lab.graph, tmp_path / "running.yaml")
+        again = build_plan(load_lab(tmp_path / "running.yaml"))
+        assert {n: again[n].spec.ports for n in again} == {n: lab.plan[n].spec.ports for n in lab.plan}
+        assert "r1" in lab.shell()
+        intervals = flow_intervals(lab, report)
+        lab.remove("r1")
+        assert r1.state.value == "stopped"
+        assert lab.exec("client", "ping -c 1 -W 3 server").returncode == 0
+        assert pids(lab) == before
+    # a flow that only passes through keeps going (its addresses did not change), after an
+    # outage of a renumbering plus TCP's retransmission back-off
+    assert sum(intervals) > 5e6 and intervals[-3:] != [0, 0, 0], intervals
+    assert outage_seconds(intervals) < 4.0, intervals
+    print(f"routing insert: switch {change.switch_s * 1e3:.1f} ms, boot from pool "
+          f"{change.boot_s * 1e3:.0f} ms, flow below 10% for {outage_seconds(intervals):.1f} s")
