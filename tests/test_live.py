@@ -355,3 +355,45 @@ def test_routing_insert_from_the_warm_pool_rederives_routes_and_the_lab_file_sav
     assert outage_seconds(intervals) < 4.0, intervals
     print(f"routing insert: switch {change.switch_s * 1e3:.1f} ms, boot from pool "
           f"{change.boot_s * 1e3:.0f} ms, flow below 10% for {outage_seconds(intervals):.1f} s")
+
+
+@pytest.mark.uml
+def test_dashboard_inserts_steers_removes_and_redraws_the_graph() -> None:
+    pytest.importorskip("ipywidgets")
+    from stdpkt_lab.dashboard import Dashboard
+
+    g = fw_graph(["tcp/5201", "tcp/80", "icmp"])
+    g.nodes["server"]["serve"] = ["iperf3", "http"]
+    with sl.Lab(g, progress=False) as lab:
+        dash = Dashboard(lab)
+        try:
+            live = dash.live_controls
+            assert "live chain" in dash.controls.tabs.titles
+            assert len(dash.graph.edges) == 2
+            live.edge.value, live.kind.value, live.name.value = ("fw", "server"), "filter", "mon"
+            live.params.value = "allow=tcp/5201,tcp/80,icmp"
+            live.insert().result(120)
+            dash.refresh()
+            assert "mon" in dash.graph.node_source.data["index"]
+            assert len(dash.graph.edges) == 3 and frozenset(("mon", "server")) in dash.graph.edges
+            assert ("mon", "server") in [v for _, v in dash.link.options]
+            live.kind.value, live.name.value, live.params.value = "bridge", "ids", ""
+            live.add().result(120)
+            live.steer_link.value, live.match.value, live.via.value = ("client", "fw"), "tcp port 80", "ids"
+            live.steer().result(30)
+            assert lab.exec("client", "wget -qO- -T 5 http://server/").returncode == 0
+            dash.refresh()
+            assert "tcp port 80" in live.table.value and "ids" in live.table.value
+            rows = lab.live.steering.table()
+            assert rows[0]["flows"] >= 1 and rows[0]["frames"] > 0, rows
+            live.rule.value = rows[0]["id"]
+            live.unsteer().result(30)
+            live.node.value = "mon"
+            live.remove().result(60)
+            dash.refresh()
+            assert "mon" not in dash.graph.node_source.data["index"]
+            assert frozenset(("fw", "server")) in dash.graph.edges
+            assert "no steering rules" in live.table.value
+            assert not any("failed" in text for _, text in dash.actions.log), list(dash.actions.log)
+        finally:
+            dash.close()

@@ -103,6 +103,11 @@ class Dashboard(widgets.VBox):
                                     self._lock)
         self.actions = Actions(lab)
         self.controls = Controls(lab, self.actions)
+        from .live_controls import LiveControls  # the 'live chain' tab (insert/remove/steer)
+
+        self.live_controls = LiveControls(lab, self.actions, self)
+        self.controls.tabs.children = (*self.controls.tabs.children, self.live_controls.widget)
+        self.controls.tabs.set_title(len(self.controls.tabs.children) - 1, "live chain")
 
         self.status = widgets.HTML()
         legend = " ".join(f"<span style='color:{c}'>&#9679;</span> {s}"
@@ -204,6 +209,7 @@ class Dashboard(widgets.VBox):
             self.graph.update(states, self._rates, self._info)
             self._status(states, sample)
             self.controls.refresh()
+            self.live_controls.refresh()
             if self._round % self.table_every == 1 or self.table_every == 1:
                 self._refresh_table()
 
