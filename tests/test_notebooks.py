@@ -74,6 +74,9 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path) -> None:
         assert re.search(r"src=10\.0\.0\.\d+ dst=\S+ sport=\d+ dport=80", text), "no conntrack entry shown"
     if name.startswith("02"):
         assert re.search(r"'b1': 10, 'b2': 10, 'b3': 10", text), "round robin did not spread 30 requests"
+    if name.startswith("05"):
+        assert "intervals with no data: 0" in text, "the flow stopped during a live change"
+        assert "tcp port 80" in text  # the steering table was shown
     if name == "04-exercise.ipynb":
         assert "FAIL  task 1" in text and "hint:" in text and "PASS: the chain is repaired" not in text
     if name == "04-exercise-solutions.ipynb":
