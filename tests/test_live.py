@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -118,6 +119,8 @@ def test_transparent_insert_and_remove_keep_a_long_tcp_flow() -> None:
         before = pids(lab)
         report = start_flow(lab, 12)
         wait_flowing(lab, ("fw", "server"))
+        # a 100 Hz ping alongside: each lost echo is 10 ms of outage, a finer ruler than iperf3's
+        lab.exec("client", "ping -n -i 0.01 -c 900 -W 1 server > /tmp/ping.txt 2>&1 &")
         time.sleep(2)
         mon = lab.insert(("fw", "server"), "mon", kind="filter")
         inserted = lab.live.history[-1]
@@ -136,8 +139,14 @@ def test_transparent_insert_and_remove_keep_a_long_tcp_flow() -> None:
         assert lab.graph.has_edge("fw", "server") and "mon" not in lab.graph
         assert mon.state.value == "stopped"
         intervals = flow_intervals(lab, report)
+        ping = _wait_for(lambda: "transmitted" in (t := lab.exec("client", "cat /tmp/ping.txt").stdout)
+                         and t, "the 100 Hz ping's summary", 60)
         assert pids(lab) == before  # nobody else restarted
         assert lab.exec("client", "ping -c 1 -W 3 server").returncode == 0
+    sent, got = (int(x) for x in re.search(r"(\d+) packets transmitted, (\d+) received", ping).groups())
+    print(f"100 Hz ping across insert+remove: {sent - got} of {sent} lost "
+          f"(~{(sent - got) * 10} ms of outage for the two changes)")
+    assert (sent - got) * 10 < 400  # < 200 ms per change
     assert len(intervals) >= 55
     # the flow never stopped for longer than a short dip
     assert all(b > 0 for b in intervals[:-1]), intervals
