@@ -211,6 +211,13 @@ class LiveChains:
         links.extend(made)
         return made, dt
 
+    def _link(self, a: str, b: str) -> Link:
+        try:
+            return self.lab.link(a, b)
+        except KeyError:
+            raise ChainError(f"no link between {a!r} and {b!r} in the running chain (links: "
+                             + ", ".join(f"{k.a.name}–{k.b.name}" for k in self.lab.links) + ")") from None
+
     def _links_of(self, node: str) -> list[Link]:
         return [k for k in self.lab._links if node in (k.a.name, k.b.name)]  # noqa: SLF001
 
@@ -248,7 +255,7 @@ class LiveChains:
             old = self.lab.plan
             if node in old.nodes or node in self.detours:
                 raise ChainError("a node of that name is already in the chain", node=node)
-            current = self.lab.link(a, b)
+            current = self._link(a, b)
             transparent = self._kind(kind, node).transparent
             g = splice(pinned_graph(old), (a, b), node, {"kind": kind, **params},
                        keep_addresses=transparent)
@@ -263,8 +270,8 @@ class LiveChains:
             except BaseException:
                 inst.stop()
                 raise
+            self.lab.plan = new  # the plan first: the sampler looks instances up in it
             self.lab._instances[node] = inst  # noqa: SLF001
-            self.lab.plan = new
             details: dict[str, Any] = {"link": (a, b), "kind": new.nodes[node].kind.name,
                                        "pooled": inst._pooled}  # noqa: SLF001
             if not transparent:
@@ -414,7 +421,7 @@ class LiveChains:
         with self._lock, self.lab._lock:  # noqa: SLF001
             self._require_running()
             old = self.lab.plan
-            link = self.lab.link(a, b)
+            link = self._link(a, b)
             new_graph = without_link(pinned_graph(old), a, b)
             try:
                 new = self._plan(new_graph)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -90,7 +91,7 @@ class Steering:
             raise ChainError(f"steer match must be a pcap filter expression, got {match!r}")
         a, b = link
         with self._lock:
-            found = self.live.lab.link(a, b)
+            found = self.live._link(a, b)  # noqa: SLF001 - ChainError naming the links
             detours = [self._detour(n) for n in via_t]
             for other in self._paths.values():
                 clash = set(other.via) & set(via_t)
@@ -136,7 +137,9 @@ class Steering:
             raise
         return _Path(link, via, pumps)
 
-    def unsteer(self, rule: int | str | SteerRule) -> None:
+    def unsteer(self, rule: int | str | SteerRule, *, drain: bool = True) -> None:
+        """Remove a rule; when its detour carries no other rule, wait for the frames still in
+        it to come out (``drain``), then stop the detour's pumps."""
         rid = _rule_id(rule)
         with self._lock:
             found = self.rules.pop(rid, None)
@@ -150,6 +153,8 @@ class Steering:
             for key, path in list(self._paths.items()):
                 path.users.discard(rid)
                 if not path.users:
+                    if drain:
+                        _drain(path.pumps)
                     for pump in path.pumps:
                         pump.stop()
                     del self._paths[key]
@@ -165,7 +170,7 @@ class Steering:
 
     def close(self) -> None:
         for rid in list(self.rules):
-            self.unsteer(rid)
+            self.unsteer(rid, drain=False)
 
     def stats(self, rule: int | str | SteerRule) -> dict[str, int]:
         rid = _rule_id(rule)
@@ -189,6 +194,21 @@ class Steering:
             rows.append({"id": rule.id, "link": f"{rule.link[0]}->{rule.link[1]}",
                          "match": rule.match, "via": " > ".join(rule.via), **self.stats(rule.id)})
         return rows
+
+
+def _drain(pumps: Sequence[Pump], *, quiet_s: float = 0.06, limit_s: float = 1.0) -> None:
+    """Wait until the detour's output pumps have carried nothing for ``quiet_s`` (frames
+    still inside the detour get out instead of being dropped), at most ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    last = [p.stats.frames for p in pumps]
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = [p.stats.frames for p in pumps]
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
 
 
 def _rule_id(rule: int | str | SteerRule) -> int:

@@ -74,6 +74,15 @@ def outage_seconds(intervals: list[int]) -> float:
     return sum(INTERVAL for b in intervals[1:-1] if b < median / 10)
 
 
+def longest_stall(intervals: list[int]) -> float:
+    """The longest run of intervals in which the flow moved nothing (seconds)."""
+    run = worst = 0
+    for b in intervals[:-1]:
+        run = run + 1 if b == 0 else 0
+        worst = max(worst, run)
+    return worst * INTERVAL
+
+
 def pids(lab: sl.Lab) -> dict[str, int | None]:
     return {name: inst.pid for name, inst in lab.instances.items()}
 
@@ -149,7 +158,7 @@ def test_transparent_insert_and_remove_keep_a_long_tcp_flow() -> None:
     assert (sent - got) * 10 < 400  # < 200 ms per change
     assert len(intervals) >= 55
     # the flow never stopped for longer than a short dip
-    assert all(b > 0 for b in intervals[:-1]), intervals
+    assert longest_stall(intervals) <= 0.4, intervals  # at most a short dip (one TCP RTO)
     outage = outage_seconds(intervals)
     print(f"insert switch {inserted.switch_s * 1e3:.1f} ms (boot {inserted.boot_s:.2f} s), "
           f"remove switch {removed.switch_s * 1e3:.1f} ms, flow below 10% of median "
@@ -183,7 +192,7 @@ def test_replace_firewall_carries_conntrack_and_a_failing_replacement_changes_no
         intervals = flow_intervals(lab, report)
         others = {k: v for k, v in pids(lab).items() if k != "fw"}
         assert others == {k: v for k, v in before.items() if k != "fw"}
-    assert all(b > 0 for b in intervals[:-1]), intervals
+    assert longest_stall(intervals) <= 0.4, intervals
     outage = outage_seconds(intervals)
     print(f"replace switch {change.switch_s * 1e3:.1f} ms, boot {change.boot_s:.2f} s, "
           f"{change.details['conntrack_carried']} conntrack entries carried; flow below 10% "
@@ -201,6 +210,20 @@ def test_steering_detours_only_matching_new_flows_and_unsteer_keeps_the_flow() -
         assert "ids" in lab.live.detours and "ids" not in lab.graph
         with pytest.raises(ChainError, match="not a detour"):
             lab.steer(("client", "fw"), "tcp port 80", via=["nosuch"])
+        # bad requests name what is wrong and change nothing
+        with pytest.raises(ChainError, match="no link between 'client' and 'server'"):
+            lab.insert(("client", "server"), "x", kind="bridge")
+        with pytest.raises(ChainError, match="unknown kind 'bridgee'.*did you mean 'bridge'"):
+            lab.insert(("client", "fw"), "x", kind="bridgee")
+        with pytest.raises(ChainError, match="unknown parameter 'alow'"):
+            lab.insert(("client", "fw"), "x", kind="filter", alow=["icmp"])
+        with pytest.raises(ChainError, match="has 1 links"):
+            lab.remove("client")
+        with pytest.raises(ChainError, match="already in the chain"):
+            lab.add("fw", kind="bridge")
+        with pytest.raises(ChainError, match="transparent kind"):
+            lab.add("r9", kind="router")
+        assert set(lab.graph.edges) == {("client", "fw"), ("fw", "server")} and pids(lab) == before
         plain = start_flow(lab, 10, "plain")  # port 5201: established before the rule
         wait_flowing(lab, ("client", "fw"))
         rule = lab.steer(("client", "fw"), "tcp port 80", via=["ids"])
@@ -233,8 +256,8 @@ def test_steering_detours_only_matching_new_flows_and_unsteer_keeps_the_flow() -
         lab.remove("ids")
         assert ids.state.value == "stopped" and "ids" not in lab.live.detours
         assert pids(lab) == before
-    assert all(b > 0 for b in web_iv[:-1]), web_iv
-    assert all(b > 0 for b in plain_iv[:-1]), plain_iv
+    assert longest_stall(web_iv) <= 0.4, web_iv
+    assert longest_stall(plain_iv) <= 0.4, plain_iv
     print(f"steered flow below 10% for {outage_seconds(web_iv):.1f} s across unsteer; "
           f"web MB {[round(b / 1e6, 1) for b in web_iv]}")
     assert outage_seconds(web_iv) <= 0.6
