@@ -43,10 +43,11 @@ def start_flow(lab: sl.Lab, seconds: int, tag: str = "flow") -> str:
 
 
 def wait_flowing(lab: sl.Lab, link: tuple[str, str], timeout: float = 20.0) -> None:
-    """Until the relay on ``link`` has carried a few MB (the flow is established)."""
+    """Until the relay on ``link`` has carried a few MB more (the flow is established)."""
+    start = sum(s.bytes for s in lab.link(*link).stats().values())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if sum(s.bytes for s in lab.link(*link).stats().values()) > 5e6:
+        if sum(s.bytes for s in lab.link(*link).stats().values()) - start > 5e6:
             return
         time.sleep(0.1)
     raise AssertionError(f"no flow on {link} within {timeout} s")
@@ -65,6 +66,13 @@ def flow_intervals(lab: sl.Lab, path: str, timeout: float = 60.0) -> list[int]:
         assert "error" not in report, report.get("error")
         return [int(i["sum"]["bytes"]) for i in report["intervals"]]
     raise AssertionError(f"no iperf3 report in {path} after {timeout} s")
+
+
+def _report(lab: sl.Lab, path: str) -> dict | None:  # type: ignore[type-arg]
+    try:
+        return json.loads(lab.exec("client", f"cat {path}").stdout)  # type: ignore[no-any-return]
+    except ValueError:
+        return None
 
 
 def outage_seconds(intervals: list[int]) -> float:
@@ -192,7 +200,24 @@ def test_replace_firewall_carries_conntrack_and_a_failing_replacement_changes_no
         intervals = flow_intervals(lab, report)
         others = {k: v for k, v in pids(lab).items() if k != "fw"}
         assert others == {k: v for k, v in before.items() if k != "fw"}
+        # the control experiment: the same replacement without the carried state kills a flow
+        lab.replace("fw", kind="firewall", allow=["tcp/5201", "icmp"])
+        for _attempt in range(3):  # the server may still be closing the last test ("busy")
+            lab.exec("client", f"timeout 12 iperf3 -c server -t 6 -i {INTERVAL} -J > /tmp/cut.json 2>&1 &")
+            try:
+                wait_flowing(lab, ("fw", "server"), timeout=8)
+                break
+            except AssertionError:
+                print("no flow yet:", lab.exec("client", "cat /tmp/cut.json").stdout[-300:])
+        else:
+            raise AssertionError("the control flow never started")
+        time.sleep(1)
+        lab.replace("fw", kind="firewall", allow=["icmp"], carry_state=False)
+        cut = _wait_for(lambda: _report(lab, "/tmp/cut.json"), "the cut flow's report", 60)
+        stalled = longest_stall([int(i["sum"]["bytes"]) for i in cut["intervals"]] + [0])
     assert longest_stall(intervals) <= 0.4, intervals
+    assert stalled >= 2.0, cut["intervals"]  # without the state its packets are NEW: dropped
+    print(f"without conntrack carried the flow stalled for good ({stalled:.1f} s until its end)")
     outage = outage_seconds(intervals)
     print(f"replace switch {change.switch_s * 1e3:.1f} ms, boot {change.boot_s:.2f} s, "
           f"{change.details['conntrack_carried']} conntrack entries carried; flow below 10% "
