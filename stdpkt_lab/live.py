@@ -400,6 +400,14 @@ class LiveChains:
                 for end, index in ((lp.a, lp.a_port), (lp.b, lp.b_port)):
                     inst = self.lab._instances[end]  # noqa: SLF001
                     port = new.nodes[end].spec.ports[index]
+                    if _has_port(inst, index):  # a boot-time port left unlinked by disconnect()
+                        booted = inst.spec.ports[index].mtu
+                        if booted != port.mtu:
+                            raise ChainError(f"eth{index} was booted with MTU {booted}, the link "
+                                             f"wants {port.mtu}", node=end)
+                        if port.address is not None:
+                            inst.exec(f"ip addr add {port.address} dev eth{index}", timeout=20).check()
+                        continue
                     hotplug.plug(inst, index, mtu=port.mtu,
                                  address=str(port.address) if port.address else None)
                     plugged.append((inst, index))
@@ -422,20 +430,28 @@ class LiveChains:
             self._require_running()
             old = self.lab.plan
             link = self._link(a, b)
+            # ports keep their numbers, and a plan with fewer links numbers later ports down:
+            # only a link on the last port of both ends can go (a hot-plugged one, say)
+            for inst, index in ((link.a, link.a_port), (link.b, link.b_port)):
+                last = len(old.nodes[inst.name].spec.ports) - 1
+                if index != last:
+                    raise ChainError(f"eth{index} is not its last port (eth{last}): disconnecting "
+                                     "it would renumber the ports after it; remove() the node "
+                                     "between instead", node=inst.name)
             new_graph = without_link(pinned_graph(old), a, b)
             try:
                 new = self._plan(new_graph)
             except ChainError as exc:
                 raise ChainError(f"cannot disconnect {a!r} and {b!r}: {exc}") from None
+            check_kept(old, new, [n for n in old.nodes if n not in (a, b)])
             self._unsteer_links([link])
             link.stop()
             self.lab._links.remove(link)  # noqa: SLF001
             for inst, index in ((link.a, link.a_port), (link.b, link.b_port)):
                 if hotplug.is_plugged(inst, index):
                     hotplug.unplug(inst, index)
-            # ports keep their numbers: a plan with fewer links numbers later ports down,
-            # so only trailing links can go without renumbering
-            check_kept(old, new, [n for n in old.nodes if n not in (a, b)])
+                else:  # a boot-time port stays, unlinked and unaddressed, for a later connect()
+                    inst.exec(f"ip addr flush dev eth{index}", timeout=20)
             self.lab.plan = new
             applied = self._apply(old, new, skip=[a, b])
             self._record(Change("disconnect", f"{a}-{b}", time.time(), details={"applied": applied}))
@@ -477,6 +493,14 @@ class LiveChains:
 
 
 # ---------------------------------------------------------------- helpers used by the operations
+def _has_port(inst: Instance, index: int) -> bool:
+    try:
+        inst.port(index)
+    except (StateError, IndexError):
+        return False
+    return True
+
+
 def _link_ref(link: Any) -> LinkRef:
     if not (isinstance(link, (tuple, list)) and len(link) == 2 and all(isinstance(x, str) for x in link)):
         raise ChainError(f"a link is a pair of node names, got {link!r}")

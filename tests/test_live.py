@@ -454,3 +454,33 @@ def test_dashboard_inserts_steers_removes_and_redraws_the_graph() -> None:
             assert not any("failed" in text for _, text in dash.actions.log), list(dash.actions.log)
         finally:
             dash.close()
+
+
+@pytest.mark.uml
+def test_connect_and_disconnect_hot_plug_ports_into_running_instances() -> None:
+    g = nx.Graph()
+    g.add_node("a", kind="host")
+    g.add_node("r", kind="router")
+    g.add_node("b", kind="host", serve="iperf3")
+    g.add_node("c", kind="host", serve="http")  # booted with no link at all
+    g.add_edges_from([("a", "r"), ("r", "b")])
+    with sl.Lab(g, progress=False) as lab:
+        before = pids(lab)
+        assert lab.exec("a", "ping -c 1 -W 2 c").returncode != 0  # no path (no name either)
+        link = lab.connect("r", "c")
+        assert lab.graph.has_edge("r", "c") and 2 in (link.a_port, link.b_port)
+        c_ip = str(lab.plan.address("c"))
+        assert lab.exec("r", "ip -o addr show eth2").stdout.count("inet ") == 1
+        assert "hello from c" in lab.exec("a", "wget -qO- -T 5 http://c/").stdout  # routes, hosts
+        with pytest.raises(ChainError, match="not its last port"):
+            lab.disconnect("a", "r")
+        lab.disconnect("r", "c")
+        assert not lab.graph.has_edge("r", "c")
+        assert lab.exec("r", "ip link show eth2").returncode != 0  # unplugged
+        assert lab.exec("a", f"ping -c 1 -W 2 {c_ip}").returncode != 0
+        lab.connect("c", "r")  # again, from the other side: new ports plugged again
+        assert lab.exec("a", "ping -c 1 -W 3 c").returncode == 0
+        assert lab.exec("a", "ping -c 1 -W 3 b").returncode == 0
+        assert pids(lab) == before
+        kinds = [c.what for c in lab.live.history]
+        assert kinds == ["connect", "disconnect", "connect"]
