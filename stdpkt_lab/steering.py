@@ -11,6 +11,10 @@ flows take the default path from the next frame, so an established flow
 outlives a policy change.  A detour is an instance booted with
 ``lab.add(name, kind="bridge"|"filter")``; it serves one link at a time.
 
+A rule lives as long as its link: an insert, remove or replace that re-makes
+the link drops its rules (their flows go on by the default path; the change is
+in ``lab.live.history``), and removing a detour drops the rules through it.
+
 Counters: :meth:`Steering.table` — one row per rule: link, match, via,
 flows, frames (both directions), bytes, drops.
 """

@@ -484,3 +484,25 @@ def test_connect_and_disconnect_hot_plug_ports_into_running_instances() -> None:
         assert pids(lab) == before
         kinds = [c.what for c in lab.live.history]
         assert kinds == ["connect", "disconnect", "connect"]
+
+
+def test_attach_variables_and_dashboard_params_parse_or_say_what_is_wrong() -> None:
+    from stdpkt_lab.engine.control import parse_attach
+    from stdpkt_lab.errors import VariableError
+
+    req = parse_attach(["IF2=p4|p5", "IP2=10.0.1.1", "NETMASK2=255.255.255.0", "MTU2=9000"], cwd="/w")
+    assert req == {"op": "attach", "index": 2, "rx": "/w/p4", "tx": "/w/p5",
+                   "address": "10.0.1.1/24", "mtu": 9000}
+    for words, variable in ((["IF2=a|b|c"], "IF2"), (["IF2=a|b", "IP2=300.1.1.1"], "IP2"),
+                            (["IF2=a|b", "IF3=c|d"], "IFn"), (["IF2=a|b", "MTU2=99999"], "MTU2"),
+                            (["IF2=a|b", "IP3=10.0.0.1"], "IP3"), (["IF2"], "IF2")):
+        with pytest.raises(VariableError) as err:
+            parse_attach(words, cwd="/w")
+        assert err.value.variable == variable, (words, err.value)
+    pytest.importorskip("ipywidgets")
+    from stdpkt_lab.dashboard.live_controls import parse_params
+
+    assert parse_params("allow=tcp/80,icmp; outside=fw") == {"allow": ["tcp/80", "icmp"], "outside": "fw"}
+    assert parse_params('{"allow": ["icmp"]}') == {"allow": ["icmp"]}
+    with pytest.raises(ValueError, match="expected name=value"):
+        parse_params("allow")
