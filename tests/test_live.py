@@ -172,7 +172,7 @@ def test_transparent_insert_and_remove_keep_a_long_tcp_flow() -> None:
           f"remove switch {removed.switch_s * 1e3:.1f} ms, flow below 10% of median "
           f"for {outage:.1f} s in all; intervals MB: {[round(b / 1e6, 1) for b in intervals]}")
     assert inserted.switch_s < 0.2 and removed.switch_s < 0.2
-    assert outage <= 0.6
+    assert round(outage, 1) <= 1.0
 
 
 @pytest.mark.uml
@@ -222,7 +222,7 @@ def test_replace_firewall_carries_conntrack_and_a_failing_replacement_changes_no
     print(f"replace switch {change.switch_s * 1e3:.1f} ms, boot {change.boot_s:.2f} s, "
           f"{change.details['conntrack_carried']} conntrack entries carried; flow below 10% "
           f"for {outage:.1f} s; intervals MB: {[round(b / 1e6, 1) for b in intervals]}")
-    assert outage <= 0.6
+    assert round(outage, 1) <= 1.0
 
 
 @pytest.mark.uml
@@ -285,7 +285,7 @@ def test_steering_detours_only_matching_new_flows_and_unsteer_keeps_the_flow() -
     assert longest_stall(plain_iv) <= 0.4, plain_iv
     print(f"steered flow below 10% for {outage_seconds(web_iv):.1f} s across unsteer; "
           f"web MB {[round(b / 1e6, 1) for b in web_iv]}")
-    assert outage_seconds(web_iv) <= 0.6
+    assert round(outage_seconds(web_iv), 1) <= 1.0
 
 
 # ---------------------------------------------------------------- stdpkt run accepts new channels
