@@ -107,10 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             ports.append(port)
             port.start()
         if args.name:  # new channels: stdpkt attach/detach NAME (engine/control.py)
-            from .engine.control import ControlServer
+            from .engine.control import start_control
 
-            control = ControlServer(instance, ports, streams=streams, say=_say)
-            control.start()
+            control = start_control(instance, ports, streams=streams, say=_say)
         deadline = time.monotonic() + args.boot_timeout
         while not stop.is_set() and not instance.exited:
             if not instance.ready and time.monotonic() > deadline:

@@ -37,7 +37,8 @@ from .pipes import PipePort, StdStreams
 from .spec import MAX_MTU, MAX_PORTS
 from .variables import PipeEnds
 
-__all__ = ["ControlServer", "control_dir", "request", "list_instances", "parse_attach"]
+__all__ = ["ControlServer", "start_control", "control_dir", "request", "call", "list_instances",
+           "parse_attach"]
 
 _MAX_LINE = 1 << 16
 
@@ -236,6 +237,24 @@ class ControlServer:
             self._path.unlink(missing_ok=True)
 
 
+def start_control(instance: Instance, ports: list[PipePort], *, streams: StdStreams,
+                  say: Callable[[str], None]) -> ControlServer | None:
+    """The control server of a named ``stdpkt run`` instance, started; a name already taken
+    is an error (ConfigError), a control directory we cannot use only costs the new channels
+    (said on stderr, the instance runs on)."""
+    server = ControlServer(instance, ports, streams=streams, say=say)
+    try:
+        server.start()
+    except ConfigError:
+        server.stop()
+        raise
+    except (OSError, StateError) as exc:
+        server.stop()
+        say(f"stdpkt: {instance.name}: no control socket (stdpkt attach will not find it): {exc}")
+        return None
+    return server
+
+
 def _read_line(conn: socket.socket) -> bytes:
     buf = b""
     while not buf.endswith(b"\n"):
@@ -295,10 +314,17 @@ def list_instances() -> list[dict[str, Any]]:
 
 
 def _entries(directory: Path) -> Iterator[Path]:
+    """The names in the control directory; a name whose instance was killed (its run
+    directory, and so the symlink's target, is gone) is removed on the way."""
     try:
-        yield from (p for p in directory.iterdir() if p.name.endswith(".sock"))
+        found = [p for p in directory.iterdir() if p.name.endswith(".sock")]
     except OSError:
         return
+    for path in found:
+        if path.is_symlink() and not path.exists():
+            path.unlink(missing_ok=True)
+            continue
+        yield path
 
 
 def parse_attach(words: list[str], cwd: str | None = None) -> dict[str, Any]:
