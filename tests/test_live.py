@@ -338,6 +338,15 @@ def test_stdpkt_run_pipeline_gains_a_third_stage_without_restarting(
                 return rows if ok else {}
 
             rows = _wait_for(listed, "A, B and C in stdpkt ls", 120)
+            # a second instance named B runs, without new channels, and says so
+            dup_err = open(tmp_path / "dup.err", "wb")
+            dup = subprocess.Popen([stdpkt_bin, "run", "--oneshot", "--name", "B", str(quiet)],
+                                   cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=dup_err, env={k: v for k, v in os.environ.items()
+                                                        if not k.startswith(("IF", "IP", "NETMASK"))})
+            dup_err.close()
+            assert dup.wait(120) == 0
+            assert "already running" in (tmp_path / "dup.err").read_text()
             assert "eth0 10.0.0.1/24" in rows["B"] and "eth2" not in rows["B"]
             kernels = {i["name"]: i["kernel_pid"] for i in _infos()}
             # bad input: a clear error, exit status 2

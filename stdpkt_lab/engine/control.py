@@ -239,16 +239,13 @@ class ControlServer:
 
 def start_control(instance: Instance, ports: list[PipePort], *, streams: StdStreams,
                   say: Callable[[str], None]) -> ControlServer | None:
-    """The control server of a named ``stdpkt run`` instance, started; a name already taken
-    is an error (ConfigError), a control directory we cannot use only costs the new channels
-    (said on stderr, the instance runs on)."""
+    """The control server of a named ``stdpkt run`` instance, started.  A name another live
+    instance holds, or a control directory we cannot use, only costs this instance its new
+    channels (said on stderr; it runs on as before: ``--name`` also names the hostname)."""
     server = ControlServer(instance, ports, streams=streams, say=say)
     try:
         server.start()
-    except ConfigError:
-        server.stop()
-        raise
-    except (OSError, StateError) as exc:
+    except (ConfigError, OSError, StateError) as exc:
         server.stop()
         say(f"stdpkt: {instance.name}: no control socket (stdpkt attach will not find it): {exc}")
         return None
