@@ -45,6 +45,7 @@ write size measured when 65500 / 65536 are not).
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import json
 import os
@@ -194,11 +195,15 @@ def _stdpkt_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "stdpkt_lab.cli"]
 
 
-def run_pipe(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
-    """The paper's pipeline: two `stdpkt run` processes, stdout | stdin one way, a FIFO back."""
+def run_pipe(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
+             env: dict[str, str] | None = None, tx_prefix: tuple[str, ...] = (),
+             rx_prefix: tuple[str, ...] = ()) -> None:
+    """The paper's pipeline: two `stdpkt run` processes, stdout | stdin one way, a FIFO back.
+    ``env``: extra environment (relay tuning); ``*_prefix``: an argv prefix (taskset)."""
     fifo = work / "back"
     tx_script, rx_script = work / "tx.sh", work / "rx.sh"
     base = {k: v for k, v in os.environ.items() if not re.match(r"^(IF|IP|NETMASK|MTU)\d+$|^GATEWAY$", k)}
+    base.update(env or {})
     tx_env = {**base, "IF0": f"{fifo}|/dev/stdout", "IP0": TX_ADDR.split("/")[0], "MTU0": str(mtu)}
     rx_env = {**base, "IF0": f"/dev/stdin|{fifo}", "IP0": RX_ADDR.split("/")[0], "MTU0": str(mtu)}
     mem_args = ["--mem", str(mem)]
@@ -207,13 +212,15 @@ def run_pipe(work: Path, mtu: int, mem: int, collector: Collector, timeout: floa
     rx_log = open(work / "rx.log", "wb")  # noqa: SIM115 - closed in finally
     try:
         tx = subprocess.Popen(
-            [*_stdpkt_argv(), "run", "--oneshot", "--name", f"gp-tx-{tag}", *mem_args, str(tx_script)],
+            [*tx_prefix, *_stdpkt_argv(), "run", "--oneshot", "--name", f"gp-tx-{tag}", *mem_args,
+             str(tx_script)],
             env=tx_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, cwd=work,
         )
         procs.append(tx)
         rx = subprocess.Popen(
-            [*_stdpkt_argv(), "run", "--name", f"gp-rx-{tag}", *mem_args, str(rx_script)],
+            [*rx_prefix, *_stdpkt_argv(), "run", "--name", f"gp-rx-{tag}", *mem_args,
+             str(rx_script)],
             env=rx_env, stdin=tx.stdout, stdout=subprocess.DEVNULL, stderr=rx_log,
             start_new_session=True, cwd=work,
         )
@@ -280,7 +287,8 @@ def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: fl
         rx.stop()
 
 
-def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
+def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
+              env: dict[str, str] | None = None) -> None:
     """Diagnostic: the two instances joined by one in-process C relay (a Link: one pump per
     direction, no pipe), to split the pipe path's cost between relaying and the pipe hop."""
     from stdpkt_lab.engine.links import Link
@@ -296,7 +304,16 @@ def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: flo
         rx.start()
         tx.start()
         link = Link(tx, 0, rx, 0, trace_slots=256)
-        link.start()
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})  # the relay reads its tuning at start
+        try:
+            link.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         rx.wait_ready()
         tx.wait_ready()
         if tx.wait(timeout) is None:
@@ -401,7 +418,18 @@ def plot(result: dict, path: Path) -> None:
 
 
 # Levers measured as extra paths of the same interleaved run (README, Performance).
-LEVER_RUNNERS: dict[str, Callable[[Path, int, int, Collector, float], None]] = {}
+SPIN = {"STDPKT_RELAY_SPIN_US": "30"}
+BATCH64 = {"STDPKT_RELAY_SOCK_BATCH": "64"}
+_taskset = shutil.which("taskset")
+LEVER_RUNNERS: dict[str, Callable[..., None]] = {
+    "pipe+spin": functools.partial(run_pipe, env=SPIN),
+    "lab+spin": functools.partial(run_relay, env=SPIN),
+    "pipe+batch64": functools.partial(run_pipe, env=BATCH64),
+    "lab+batch64": functools.partial(run_relay, env=BATCH64),
+    # each `stdpkt run` (its kernel, guest processes and relays) on a core of its own
+    "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
+                                  rx_prefix=(str(_taskset), "-c", "1")),
+}
 
 
 def main() -> int:

@@ -237,7 +237,7 @@ int rl_read_sock(relay *r, uint32_t *n)
     if (r->src_eof)
         return RD_EOF;
     for (;;) {
-        int k = recvmmsg(r->src_fd, r->rmm, SOCK_BATCH, MSG_DONTWAIT, NULL);
+        int k = recvmmsg(r->src_fd, r->rmm, r->sock_batch, MSG_DONTWAIT, NULL);
         if (k < 0) {
             if (errno == EINTR)
                 continue;

@@ -158,12 +158,12 @@ static int rl_alloc_io(relay *r)
         if (!r->rbuf)
             return -ENOMEM;
     } else {
-        r->slots = malloc((size_t)SOCK_BATCH * SLOT_SIZE);
-        r->rmm = calloc(SOCK_BATCH, sizeof *r->rmm);
-        r->riov = calloc(SOCK_BATCH, sizeof *r->riov);
+        r->slots = malloc((size_t)r->sock_batch * SLOT_SIZE);
+        r->rmm = calloc(r->sock_batch, sizeof *r->rmm);
+        r->riov = calloc(r->sock_batch, sizeof *r->riov);
         if (!r->slots || !r->rmm || !r->riov)
             return -ENOMEM;
-        for (uint32_t i = 0; i < SOCK_BATCH; i++) {
+        for (uint32_t i = 0; i < r->sock_batch; i++) {
             /* one byte more than the largest frame: a longer one shows MSG_TRUNC */
             r->riov[i].iov_base = r->slots + (size_t)i * SLOT_SIZE + REC_HDR;
             r->riov[i].iov_len = RELAY_FRAME_MAX;
@@ -173,6 +173,8 @@ static int rl_alloc_io(relay *r)
     }
     return 0;
 }
+
+static uint64_t env_u64(const char *name, uint64_t dflt, uint64_t max);
 
 int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int write_header)
 {
@@ -189,6 +191,10 @@ int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int
     rc = rl_take_fd(r, dst_fd, dst_kind, 1, "destination", &r->dst.fd, &dummy, &r->dst.is_sock);
     if (rc < 0)
         goto fail;
+    r->sock_batch = (uint32_t)env_u64("STDPKT_RELAY_SOCK_BATCH", SOCK_BATCH, SOCK_BATCH_MAX);
+    if (r->sock_batch == 0)
+        r->sock_batch = SOCK_BATCH;
+    r->spin_ns = env_u64("STDPKT_RELAY_SPIN_US", 0, 1000000) * 1000u;
     rc = rl_alloc_io(r);
     if (rc < 0) {
         rl_set_err(r, "out of memory");
@@ -246,6 +252,34 @@ static int wait_src(relay *r)
     }
 }
 
+/* Busy-polls the source for up to spin_ns: 1 once it is readable. Trades CPU for a
+ * wake-up (12-16 us across cores here) when the next batch is about to arrive. */
+static int spin_src(relay *r)
+{
+    struct pollfd p = { r->src_fd, POLLIN, 0 };
+    uint64_t end = now_ns() + r->spin_ns;
+    do {
+        if (stopping(r))
+            return 0;
+        p.revents = 0;
+        if (poll(&p, 1, 0) > 0)
+            return 1;
+    } while (now_ns() < end);
+    return 0;
+}
+
+static uint64_t env_u64(const char *name, uint64_t dflt, uint64_t max)
+{
+    const char *v = getenv(name);
+    char *end;
+    if (v == NULL || *v == 0)
+        return dflt;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (*end != 0)
+        return dflt;
+    return x > max ? max : x;
+}
+
 static int run_loop(relay *r)
 {
     int rc;
@@ -274,6 +308,8 @@ static int run_loop(relay *r)
         case RD_OK:
             break;
         case RD_AGAIN:
+            if (r->spin_ns && spin_src(r))
+                break;
             rc = wait_src(r);
             if (rc)
                 return rc;

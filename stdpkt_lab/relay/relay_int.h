@@ -40,7 +40,8 @@
 #define REC_HDR 16                    /* pcap record header */
 #define GHDR 24                       /* pcap global header */
 #define SLOT_SIZE 65568               /* REC_HDR + RELAY_FRAME_MAX, rounded up to 16 */
-#define SOCK_BATCH 16                 /* frames per recvmmsg */
+#define SOCK_BATCH 16                 /* frames per recvmmsg (default; STDPKT_RELAY_SOCK_BATCH) */
+#define SOCK_BATCH_MAX 256            /* <= PCAP_BATCH: a batch fits r->fr */
 #define PCAP_BATCH 256                /* frames per parse/write batch */
 #define RBUF_READ (1u << 20)          /* bytes per read() of a pcap source */
 #define RBUF_SIZE (RBUF_READ + SLOT_SIZE + 64)
@@ -139,6 +140,11 @@ struct relay {
     struct mmsghdr *wmm;
 
     uint64_t seq;                 /* atomic: frames handled (read + injected) */
+
+    /* tuning, read from the environment at relay_open() (README, Performance) */
+    uint32_t sock_batch;          /* frames per recvmmsg: STDPKT_RELAY_SOCK_BATCH */
+    uint64_t spin_ns;             /* busy-poll the source this long before sleeping:
+                                   * STDPKT_RELAY_SPIN_US (0: off, the default) */
 
     /* trace ring */
     pthread_mutex_t trace_lock;
