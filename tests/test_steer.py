@@ -401,6 +401,36 @@ def test_icmp_echo_keyed_by_identifier(rig):
     assert sorted((f.port_lo, f.rule) for f in rig.table.flows()) == [(1, 0), (2, 2)]
 
 
+@pytest.mark.parametrize("env", [{"STDPKT_RELAY_SPIN_US": "50"}, {"STDPKT_RELAY_SOCK_BATCH": "64"},
+                                 {"STDPKT_RELAY_SOCK_BATCH": "junk"}])
+def test_tuning_knobs_keep_every_frame_in_order(socks, pumps, monkeypatch, env):
+    """The performance knobs (read at start) change batching and waiting, never the frames."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    src_w, src_r = pair(socks)
+    dst_w, dst_r = pair(socks)
+    r, w = os.pipe()
+    tx = Pump(Endpoint.socket(src_r), Endpoint.pcap(w, close=True), name="tx")
+    rx = Pump(Endpoint.pcap(r, close=True), Endpoint.socket(dst_w), name="rx")
+    pumps.extend((tx, rx))
+    tx.start()
+    rx.start()
+    n = 1000
+    frames = [udp(1, 2, i) + bytes(i % 700) for i in range(n)]
+
+    def send() -> None:
+        for f in frames:
+            src_w.send(f)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    got = [dst_r.recv(70000) for _ in range(n)]
+    t.join(10)
+    assert got == frames
+    assert tx.stats.frames == rx.stats.frames == n
+    assert rx.stats.malformed == rx.stats.skipped_bytes == 0
+
+
 # ---------------------------------------------------------------- real kernels
 
 
