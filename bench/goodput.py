@@ -426,6 +426,7 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     "lab+spin": functools.partial(run_relay, env=SPIN),
     "pipe+batch64": functools.partial(run_pipe, env=BATCH64),
     "lab+batch64": functools.partial(run_relay, env=BATCH64),
+    "lab+1thread": functools.partial(run_relay, env={"STDPKT_LINK_THREADS": "one"}),
     # each `stdpkt run` (its kernel, guest processes and relays) on a core of its own
     "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
                                   rx_prefix=(str(_taskset), "-c", "1")),

@@ -19,7 +19,7 @@ from scapy.utils import PcapReader
 
 import stdpkt_lab as sl
 from stdpkt_lab.errors import ConfigError, PcapError, StateError
-from stdpkt_lab.relay import Endpoint, FlowTable, Pump, PumpResult
+from stdpkt_lab.relay import Endpoint, FlowTable, Pump, PumpResult, start_together
 
 A, B = "10.0.0.1", "10.0.0.2"
 MA, MB = "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -429,6 +429,54 @@ def test_tuning_knobs_keep_every_frame_in_order(socks, pumps, monkeypatch, env):
     assert got == frames
     assert tx.stats.frames == rx.stats.frames == n
     assert rx.stats.malformed == rx.stats.skipped_bytes == 0
+
+
+def test_start_together_runs_both_directions_in_one_thread(socks, pumps):
+    a_w, a_r = pair(socks)
+    b_w, b_r = pair(socks)
+    c_w, c_r = pair(socks)
+    d_w, d_r = pair(socks)
+    ab = Pump(Endpoint.socket(a_r), Endpoint.socket(b_w), name="a->b")
+    ba = Pump(Endpoint.socket(c_r), Endpoint.socket(d_w), name="b->a")
+    ended: list[tuple[str, PumpResult]] = []
+    ab.on_exit = ba.on_exit = lambda p, r: ended.append((p.name, r))
+    pumps.extend((ab, ba))
+    thread = start_together([ab, ba])
+    assert ab._thread is ba._thread is thread and thread.is_alive()
+    fwd = [udp(1, 2, i) for i in range(500)]
+    back = [udp(2, 1, i, reply=True) for i in range(500)]
+
+    def send(sock: socket.socket, frames: list[bytes]) -> None:
+        for f in frames:
+            sock.send(f)
+
+    got_f: list[bytes] = []
+    got_b: list[bytes] = []
+
+    def recv(sock: socket.socket, into: list[bytes], n: int) -> None:
+        into.extend(sock.recv(70000) for _ in range(n))
+
+    # both readers run: a destination nobody reads would stall the whole group (one thread)
+    ts = [threading.Thread(target=send, args=(a_w, fwd)), threading.Thread(target=send, args=(c_w, back)),
+          threading.Thread(target=recv, args=(b_r, got_f, len(fwd))),
+          threading.Thread(target=recv, args=(d_r, got_b, len(back)))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(20)
+    assert got_f == fwd and got_b == back
+    assert ab.stats.frames == ba.stats.frames == 500
+    a_w.close()  # a->b ends (EOF); b->a goes on in the same thread
+    assert ab.wait(5) is PumpResult.EOF
+    c_w.send(back[0])
+    assert d_r.recv(70000) == back[0]
+    assert ba.running and thread.is_alive()
+    assert ba.stop() is PumpResult.STOPPED
+    thread.join(5)
+    assert not thread.is_alive()
+    assert sorted(ended) == [("a->b", PumpResult.EOF), ("b->a", PumpResult.STOPPED)]
+    with pytest.raises(StateError):
+        start_together([ab])
 
 
 # ---------------------------------------------------------------- real kernels

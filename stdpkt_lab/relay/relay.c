@@ -280,78 +280,103 @@ static uint64_t env_u64(const char *name, uint64_t dflt, uint64_t max)
     return x > max ? max : x;
 }
 
-static int run_loop(relay *r)
+/* Before the first step: the global header of the default output. 0 or a RELAY_* result. */
+int rl_begin(relay *r)
 {
     int rc;
+    r->ran = 1;
     if (stopping(r))
         return RELAY_STOPPED;
     pthread_mutex_lock(&r->dst_lock);
     rc = rl_flush_ghdr(r, &r->dst);
     pthread_mutex_unlock(&r->dst_lock);
-    if (rc)
-        return rc;
-    for (;;) {
-        uint32_t n = 0;
-        if (stopping(r))
-            return RELAY_STOPPED;
-        int st = r->src_kind == RELAY_KIND_PCAP ? rl_read_pcap(r, &n) : rl_read_sock(r, &n);
-        if (n) {
-            uint64_t ts = now_ns();
-            rl_trace_batch(r, n, ts);
-            pthread_mutex_lock(&r->dst_lock);
-            rc = rl_write_batch(r, n, ts);
-            pthread_mutex_unlock(&r->dst_lock);
-            if (rc)
-                return rc;
-        }
-        switch (st) {
-        case RD_OK:
-            break;
-        case RD_AGAIN:
-            if (r->spin_ns && spin_src(r))
-                break;
-            rc = wait_src(r);
-            if (rc)
-                return rc;
-            break;
-        case RD_EOF:
-            return RELAY_EOF;
-        case RD_BAD:
-            return RELAY_BAD_STREAM;
-        default:
-            return RELAY_ERROR;
-        }
+    return rc;
+}
+
+/* One batch: read what the source has, trace it, write it.  0 to go on (*idle: the
+ * source had nothing, wait for it), or the RELAY_* result that ends the loop. */
+int rl_step(relay *r, int *idle)
+{
+    uint32_t n = 0;
+    int rc;
+    *idle = 0;
+    if (stopping(r))
+        return RELAY_STOPPED;
+    int st = r->src_kind == RELAY_KIND_PCAP ? rl_read_pcap(r, &n) : rl_read_sock(r, &n);
+    if (n) {
+        uint64_t ts = now_ns();
+        rl_trace_batch(r, n, ts);
+        pthread_mutex_lock(&r->dst_lock);
+        rc = rl_write_batch(r, n, ts);
+        pthread_mutex_unlock(&r->dst_lock);
+        if (rc)
+            return rc;
+    }
+    switch (st) {
+    case RD_OK:
+        return 0;
+    case RD_AGAIN:
+        *idle = !(r->spin_ns && spin_src(r));
+        return 0;
+    case RD_EOF:
+        return RELAY_EOF;
+    case RD_BAD:
+        return RELAY_BAD_STREAM;
+    default:
+        return RELAY_ERROR;
     }
 }
 
-int relay_run(relay *r)
+/* The loop ended with res: release its descriptors and buffers, publish the result. */
+void rl_finish(relay *r, int res)
 {
-    sigset_t pipe_set, old;
-    int res;
-    if (!r->opened || r->ran) {
-        rl_set_err(r, r->ran ? "relay already ran" : "relay not opened");
-        return RELAY_ERROR;
-    }
-    r->ran = 1;
-    /* EPIPE instead of SIGPIPE in this thread, whatever the process does */
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-
-    res = run_loop(r);
-
     relay_stop(r);      /* an inject() waiting for room gives up rather than block close_fds */
     rl_close_fds(r);
     rl_free_io(r);
-    if (!sigismember(&old, SIGPIPE)) {
+    __atomic_store_n(&r->result, res, __ATOMIC_RELEASE);
+}
+
+void rl_block_sigpipe(sigset_t *old)
+{
+    sigset_t pipe_set;
+    /* EPIPE instead of SIGPIPE in this thread, whatever the process does */
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, old);
+}
+
+void rl_restore_sigpipe(const sigset_t *old)
+{
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    if (!sigismember(old, SIGPIPE)) {
         sigset_t pending;
         struct timespec zero = { 0, 0 };
         sigpending(&pending);
         while (sigismember(&pending, SIGPIPE) && sigtimedwait(&pipe_set, NULL, &zero) > 0)
             sigpending(&pending);
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    __atomic_store_n(&r->result, res, __ATOMIC_RELEASE);
+    pthread_sigmask(SIG_SETMASK, old, NULL);
+}
+
+int relay_run(relay *r)
+{
+    sigset_t old;
+    int res, idle;
+    if (!r->opened || r->ran) {
+        rl_set_err(r, r->ran ? "relay already ran" : "relay not opened");
+        return RELAY_ERROR;
+    }
+    rl_block_sigpipe(&old);
+    res = rl_begin(r);
+    while (res == 0) {
+        res = rl_step(r, &idle);
+        if (res == 0 && idle)
+            res = wait_src(r);
+    }
+    rl_finish(r, res);
+    rl_restore_sigpipe(&old);
     return res;
 }
 

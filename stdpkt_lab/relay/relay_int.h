@@ -228,6 +228,12 @@ RL_HIDDEN int rl_read_pcap(relay *r, uint32_t *n);
 RL_HIDDEN void rl_trace_put(relay *r, const uint8_t *data, uint32_t len, uint32_t orig,
                             uint64_t ts, uint64_t seq, uint32_t flags);
 RL_HIDDEN void rl_trace_batch(relay *r, uint32_t n, uint64_t ts);
+/* relay.c: the loop in steps, shared with group.c */
+RL_HIDDEN int rl_begin(relay *r);
+RL_HIDDEN int rl_step(relay *r, int *idle);
+RL_HIDDEN void rl_finish(relay *r, int res);
+RL_HIDDEN void rl_block_sigpipe(sigset_t *old);
+RL_HIDDEN void rl_restore_sigpipe(const sigset_t *old);
 /* steer.c */
 RL_HIDDEN int rl_write_batch(relay *r, uint32_t n, uint64_t ts);
 RL_HIDDEN void rl_kick(relay *r);
