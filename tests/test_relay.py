@@ -202,6 +202,7 @@ def test_public_names():
         "SteerStats",
         "TracedFrame",
         "pcap",
+        "start_together",
     ]
     for name in relay_pkg.__all__:
         assert hasattr(relay_pkg, name)

@@ -19,7 +19,7 @@ from scapy.utils import PcapReader
 
 import stdpkt_lab as sl
 from stdpkt_lab.errors import ConfigError, PcapError, StateError
-from stdpkt_lab.relay import Endpoint, FlowTable, Pump, PumpResult
+from stdpkt_lab.relay import Endpoint, FlowTable, Pump, PumpResult, start_together
 
 A, B = "10.0.0.1", "10.0.0.2"
 MA, MB = "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -273,7 +273,7 @@ def test_flows_established_before_a_rule_keep_their_path(rig):
 
 
 def test_rst_and_idle_timeout_end_a_flow(socks, pumps):
-    rig = LinkRig(socks, pumps, FlowTable(idle_timeout=0.5, closed_timeout=0.05))
+    rig = LinkRig(socks, pumps, FlowTable(idle_timeout=2.0, closed_timeout=0.05))
     rig.fwd.add_steer(3, "tcp port 80 or udp", Endpoint.socket(rig.x_pump))
     rig.a_in.send(tcp(4000, 80, "S"))
     assert rig.x.recv(70000)
@@ -286,7 +286,7 @@ def test_rst_and_idle_timeout_end_a_flow(socks, pumps):
     rig.a_in.send(syn)
     assert rig.b_out.recv(70000) == syn
     assert nothing_on(rig.x, 0.1)
-    # idle timeout: a UDP flow recorded on the default path becomes new after 0.5 s idle
+    # idle timeout: a UDP flow recorded on the default path becomes new after 2 s idle
     rig.fwd.add_steer(5, "udp", Endpoint.socket(rig.x_pump))
     rig.table.clear()
     rig.fwd.remove_steer(5)
@@ -296,7 +296,7 @@ def test_rst_and_idle_timeout_end_a_flow(socks, pumps):
     rig.fwd.add_steer(5, "udp", Endpoint.socket(rig.x_pump))
     rig.a_in.send(u)
     assert rig.b_out.recv(70000) == u  # still the old flow
-    time.sleep(0.8)
+    time.sleep(2.5)
     rig.a_in.send(u)
     assert rig.x.recv(70000) == u  # expired: new, steered
     assert rig.fwd.steer_stats()[5].flows == 1
@@ -399,6 +399,84 @@ def test_icmp_echo_keyed_by_identifier(rig):
     rig.b_in.send(ping(2, 1, reply=True))
     assert rig.y.recv(70000) == ping(2, 1, reply=True)
     assert sorted((f.port_lo, f.rule) for f in rig.table.flows()) == [(1, 0), (2, 2)]
+
+
+@pytest.mark.parametrize("env", [{"STDPKT_RELAY_SPIN_US": "50"}, {"STDPKT_RELAY_SOCK_BATCH": "64"},
+                                 {"STDPKT_RELAY_SOCK_BATCH": "junk"}])
+def test_tuning_knobs_keep_every_frame_in_order(socks, pumps, monkeypatch, env):
+    """The performance knobs (read at start) change batching and waiting, never the frames."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    src_w, src_r = pair(socks)
+    dst_w, dst_r = pair(socks)
+    r, w = os.pipe()
+    tx = Pump(Endpoint.socket(src_r), Endpoint.pcap(w, close=True), name="tx")
+    rx = Pump(Endpoint.pcap(r, close=True), Endpoint.socket(dst_w), name="rx")
+    pumps.extend((tx, rx))
+    tx.start()
+    rx.start()
+    n = 1000
+    frames = [udp(1, 2, i) + bytes(i % 700) for i in range(n)]
+
+    def send() -> None:
+        for f in frames:
+            src_w.send(f)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    got = [dst_r.recv(70000) for _ in range(n)]
+    t.join(10)
+    assert got == frames
+    assert tx.stats.frames == rx.stats.frames == n
+    assert rx.stats.malformed == rx.stats.skipped_bytes == 0
+
+
+def test_start_together_runs_both_directions_in_one_thread(socks, pumps):
+    a_w, a_r = pair(socks)
+    b_w, b_r = pair(socks)
+    c_w, c_r = pair(socks)
+    d_w, d_r = pair(socks)
+    ab = Pump(Endpoint.socket(a_r), Endpoint.socket(b_w), name="a->b")
+    ba = Pump(Endpoint.socket(c_r), Endpoint.socket(d_w), name="b->a")
+    ended: list[tuple[str, PumpResult]] = []
+    ab.on_exit = ba.on_exit = lambda p, r: ended.append((p.name, r))
+    pumps.extend((ab, ba))
+    thread = start_together([ab, ba])
+    assert ab._thread is ba._thread is thread and thread.is_alive()
+    fwd = [udp(1, 2, i) for i in range(500)]
+    back = [udp(2, 1, i, reply=True) for i in range(500)]
+
+    def send(sock: socket.socket, frames: list[bytes]) -> None:
+        for f in frames:
+            sock.send(f)
+
+    got_f: list[bytes] = []
+    got_b: list[bytes] = []
+
+    def recv(sock: socket.socket, into: list[bytes], n: int) -> None:
+        into.extend(sock.recv(70000) for _ in range(n))
+
+    # both readers run: a destination nobody reads would stall the whole group (one thread)
+    ts = [threading.Thread(target=send, args=(a_w, fwd)), threading.Thread(target=send, args=(c_w, back)),
+          threading.Thread(target=recv, args=(b_r, got_f, len(fwd))),
+          threading.Thread(target=recv, args=(d_r, got_b, len(back)))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(20)
+    assert got_f == fwd and got_b == back
+    assert ab.stats.frames == ba.stats.frames == 500
+    a_w.close()  # a->b ends (EOF); b->a goes on in the same thread
+    assert ab.wait(5) is PumpResult.EOF
+    c_w.send(back[0])
+    assert d_r.recv(70000) == back[0]
+    assert ba.running and thread.is_alive()
+    assert ba.stop() is PumpResult.STOPPED
+    thread.join(5)
+    assert not thread.is_alive()
+    assert sorted(ended) == [("a->b", PumpResult.EOF), ("b->a", PumpResult.STOPPED)]
+    with pytest.raises(StateError):
+        start_together([ab])
 
 
 # ---------------------------------------------------------------- real kernels

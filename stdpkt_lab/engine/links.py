@@ -12,11 +12,12 @@ back (docs/links.md).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
 from ..errors import ConfigError
-from ..relay import Endpoint, FlowTable, Pump, PumpResult, PumpStats, SteerStats
+from ..relay import Endpoint, FlowTable, Pump, PumpResult, PumpStats, SteerStats, start_together
 from .instance import Instance
 
 __all__ = ["Link"]
@@ -35,7 +36,10 @@ class Link:
         trace_slots: int = 1024,
         trace_snap: int = 256,
         on_end: Callable[[Link, str], None] | None = None,
+        one_thread: bool | None = None,
     ) -> None:
+        """``one_thread``: both pumps in one thread (one event loop, C relay_run_group)
+        instead of a thread each; None: ``$STDPKT_LINK_THREADS == "one"``."""
         self.a, self.a_port, self.b, self.b_port = a, a_port, b, b_port
         self._trace = (trace_slots, trace_snap)
         self._on_end = on_end
@@ -43,6 +47,9 @@ class Link:
         self._lock = threading.Lock()
         self._stopped = False
         self.flow_table = FlowTable()
+        if one_thread is None:
+            one_thread = os.environ.get("STDPKT_LINK_THREADS", "") == "one"
+        self.one_thread = one_thread
 
     @property
     def name(self) -> str:
@@ -61,6 +68,9 @@ class Link:
                         trace_slots=slots, trace_snap=snap, flow_table=self.flow_table)
             pump.on_exit = self._pump_ended
             self._pumps[(src, dst)] = pump
+        if self.one_thread:
+            start_together(list(self._pumps.values()), name=self.name)
+            return
         for pump in self._pumps.values():
             pump.start()
 

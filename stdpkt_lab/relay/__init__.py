@@ -13,7 +13,14 @@
 """
 
 from stdpkt_lab.relay import pcap
-from stdpkt_lab.relay.pump import Endpoint, Pump, PumpResult, PumpStats, TracedFrame
+from stdpkt_lab.relay.pump import (
+    Endpoint,
+    Pump,
+    PumpResult,
+    PumpStats,
+    TracedFrame,
+    start_together,
+)
 from stdpkt_lab.relay.steer import Flow, FlowTable, FlowTableStats, SteerStats
 
 __all__ = [
@@ -27,4 +34,5 @@ __all__ = [
     "SteerStats",
     "TracedFrame",
     "pcap",
+    "start_together",
 ]

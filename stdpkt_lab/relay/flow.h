@@ -45,13 +45,13 @@ struct relay_flowtab {
 
 /* The key of an IPv4/IPv6 frame and its TCP flags (0 for other protocols).
  * Returns 0 for frames that are no IP flow (non-IP, truncated headers). */
-int flow_key_of(const uint8_t *f, uint32_t len, flow_key *k, uint8_t *tcp_flags);
+__attribute__((visibility("hidden"))) int flow_key_of(const uint8_t *f, uint32_t len, flow_key *k, uint8_t *tcp_flags);
 
 /* With t->lock held: the live entry for k, or NULL (none, or expired). */
-flow_ent *flow_find(relay_flowtab *t, const flow_key *k, uint64_t now);
+__attribute__((visibility("hidden"))) flow_ent *flow_find(relay_flowtab *t, const flow_key *k, uint64_t now);
 /* With t->lock held: records k (replacing an expired entry of the same key). */
-void flow_insert(relay_flowtab *t, const flow_key *k, uint32_t rule, uint64_t now, int closing);
+__attribute__((visibility("hidden"))) void flow_insert(relay_flowtab *t, const flow_key *k, uint32_t rule, uint64_t now, int closing);
 /* CLOCK_MONOTONIC, the clock of the table. */
-uint64_t flow_now_ns(void);
+__attribute__((visibility("hidden"))) uint64_t flow_now_ns(void);
 
 #endif /* STDPKT_FLOW_H */

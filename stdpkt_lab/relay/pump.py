@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 from stdpkt_lab.relay.steer import FlowTable, SteerStats, bpf_program  # noqa: E402
 
-__all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame"]
+__all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame", "start_together"]
 
 log = logging.getLogger(__name__)
 
@@ -186,35 +186,48 @@ class Pump:
         self._thread: threading.Thread | None = None
         self._result: PumpResult | None = None
         self._steer_closed = False
+        self._done = threading.Event()  # set once the loop ended and on_exit returned
+        self._solo = True  # False: the loop runs in a group thread (start_together)
 
     # ---------------------------------------------------------------- life cycle
 
     def start(self) -> Pump:
         """Opens private descriptions of both descriptors, writes the pcap global header
-        (when the destination is pcap and ``write_header``) and starts the loop."""
+        (when the destination is pcap and ``write_header``) and starts the loop in a
+        thread of its own (:func:`start_together` runs several pumps in one thread)."""
         with self._lock:
-            if self._state is not _State.NEW:
-                raise StateError(f"pump {self.name!r} was already started ({self._state.value})")
-            rc = lib.relay_open(
-                self._r,
-                self.src.fd,
-                self.src._ckind,
-                self.dst.fd,
-                self.dst._ckind,
-                1 if self.write_header else 0,
-            )
-            if rc < 0:
-                raise LinkError(f"pump {self.name!r}: {self._last_error()}")
+            self._open()
             self._thread = threading.Thread(target=self._run, name=f"pump {self.name}", daemon=True)
-            self._state = _State.RUNNING
             self._thread.start()
         return self
+
+    def _open(self) -> None:
+        """relay_open() and the RUNNING state (self._lock held)."""
+        if self._state is not _State.NEW:
+            raise StateError(f"pump {self.name!r} was already started ({self._state.value})")
+        rc = lib.relay_open(
+            self._r,
+            self.src.fd,
+            self.src._ckind,
+            self.dst.fd,
+            self.dst._ckind,
+            1 if self.write_header else 0,
+        )
+        if rc < 0:
+            raise LinkError(f"pump {self.name!r}: {self._last_error()}")
+        self._state = _State.RUNNING
 
     def _run(self) -> None:
         code = PumpResult.ERROR.value
         try:
             code = lib.relay_run(self._r)  # blocks; cffi releases the GIL
         finally:
+            self._finish(code)
+
+    def _finish(self, code: int) -> None:
+        """The loop ended with ``code``: close what the pump owns, publish the result,
+        call on_exit (in the thread that ran the loop)."""
+        try:
             with self._wire_lock:
                 owned = [self.src, self.dst, *self._steer.values()]
                 self._steer_closed = True
@@ -224,27 +237,31 @@ class Pump:
             self._result = PumpResult(code)
             with self._lock:
                 self._state = _State.FINISHED
-        callback = self.on_exit
-        if callback is not None:
-            try:
-                callback(self, self._result)
-            except Exception:
-                log.exception("on_exit callback of pump %r failed", self.name)
+            callback = self.on_exit
+            if callback is not None:
+                try:
+                    callback(self, self._result)
+                except Exception:
+                    log.exception("on_exit callback of pump %r failed", self.name)
+        finally:
+            self._done.set()
 
     def stop(self, timeout: float | None = 2.0) -> PumpResult | None:
-        """Ends the loop and waits for its thread; idempotent. Works while the loop is
-        blocked on a full destination. Raises LinkError if the thread outlives timeout."""
+        """Ends the loop and waits for it; idempotent. Works while the loop is blocked on
+        a full destination. Raises LinkError if the loop outlives timeout."""
         with self._lock:
             if self._state is _State.NEW:
                 self._state = _State.FINISHED  # never ran; refuses start() from now on
+                self._done.set()
                 return None
             thread = self._thread
         lib.relay_stop(self._r)
         if thread is None or thread is threading.current_thread():
-            return self._result
-        thread.join(timeout)
-        if thread.is_alive():
+            return self._result  # called from on_exit of this loop's thread: cannot wait
+        if not self._done.wait(timeout):
             raise LinkError(f"pump {self.name!r} did not stop within {timeout} s")
+        if self._solo:
+            thread.join(timeout)
         return self._result
 
     def wait(self, timeout: float | None = None) -> PumpResult | None:
@@ -253,7 +270,7 @@ class Pump:
         if thread is None:
             return self._result
         if thread is not threading.current_thread():
-            thread.join(timeout)
+            self._done.wait(timeout)
         return self._result
 
     @property
@@ -475,3 +492,53 @@ class Pump:
 
     def clear_trace(self) -> None:
         lib.relay_clear_trace(self._r)
+
+
+def start_together(pumps: list[Pump], *, name: str = "") -> threading.Thread:
+    """Starts ``pumps`` with one thread for all of them: one event loop (C
+    ``relay_run_group``) takes a batch from each ready source in turn and sleeps in one
+    ``poll()`` over all sources when none is ready, instead of one thread and one
+    wake-up per pump.  Each pump keeps its own counters, trace, steering, ``stop()``
+    and ``on_exit`` (called in the group's thread).  A failed start stops the pumps
+    already opened and re-raises.
+
+    The price: a write to a full destination blocks the whole group until its reader
+    makes room (or that pump is stopped), so a stalled reader (a paused instance) stalls
+    every pump of the group, where separate threads stall only its own direction."""
+    if not 1 <= len(pumps) <= lib.RELAY_GROUP_MAX:
+        raise ConfigError(f"start_together takes 1..{lib.RELAY_GROUP_MAX} pumps, not {len(pumps)}")
+    opened: list[Pump] = []
+    try:
+        for p in pumps:
+            with p._lock:
+                p._open()
+                p._solo = False
+            opened.append(p)
+    except BaseException:
+        for p in opened:
+            lib.relay_stop(p._r)
+        if opened:
+            _run_group(opened)  # ends each at once (stopped), closing what it owns
+        raise
+    thread = threading.Thread(target=_run_group, args=(list(pumps),), daemon=True,
+                              name=f"pumps {name or ', '.join(p.name for p in pumps)}")
+    for p in pumps:
+        p._thread = thread
+    thread.start()
+    return thread
+
+
+def _run_group(pumps: list[Pump]) -> None:
+    live = list(pumps)
+    try:
+        while live:
+            arr = ffi.new("relay *[]", [p._r for p in live])
+            idx = lib.relay_run_group(arr, len(live))  # blocks; cffi releases the GIL
+            if idx < 0:
+                raise LinkError("relay_run_group refused its relays")
+            p = live.pop(idx)
+            p._finish(lib.relay_result(p._r))
+    finally:
+        for p in live:  # only after an unexpected error: never leave a pump unfinished
+            lib.relay_stop(p._r)
+            p._finish(PumpResult.ERROR.value)

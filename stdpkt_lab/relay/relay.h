@@ -90,6 +90,14 @@ int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int
 
 /* Runs the loop in the calling thread; returns a RELAY_* result. Once only. */
 int relay_run(relay *r);
+/* Runs the loops of n opened relays in the calling thread (one event loop: a batch of
+ * each ready source in turn, one poll() over all of them when none is ready) until one
+ * of them ends; returns its index (its result: relay_result()), or -1 (bad arguments:
+ * n == 0, n > RELAY_GROUP_MAX, a relay not opened or already ended).  Call again with
+ * the others to go on; a relay is started by the first call that includes it.
+ * A write to a full destination blocks the whole group until there is room. */
+#define RELAY_GROUP_MAX 64
+int relay_run_group(relay **rs, uint32_t n);
 /* Asks the loop to end (async-signal-safe, idempotent). */
 void relay_stop(relay *r);
 /* The result of relay_run(), RELAY_RUNNING while it runs or before. */
