@@ -443,6 +443,14 @@ def test_dashboard_inserts_steers_removes_and_redraws_the_graph() -> None:
             assert "mon" in dash.graph.node_source.data["index"]
             assert len(dash.graph.edges) == 3 and frozenset(("mon", "server")) in dash.graph.edges
             assert ("mon", "server") in [v for _, v in dash.link.options]
+            assert "mon-server" in dash.rates.links  # the rate plots follow the running links
+            points = dash.rates.points
+            lab.exec("client", "ping -c 3 -i 0.3 server")
+            wait = time.monotonic() + 20
+            while dash.rates.points <= points and time.monotonic() < wait:
+                time.sleep(0.3)
+                dash.refresh()
+            assert dash.rates.points > points
             live.kind.value, live.name.value, live.params.value = "bridge", "ids", ""
             live.add().result(120)
             live.steer_link.value, live.match.value, live.via.value = ("client", "fw"), "tcp port 80", "ids"

@@ -15,9 +15,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
+from bokeh.layouts import column
 from bokeh.models.annotations import LabelSet
 
 from .graph import ChainGraph
+from .rates import RatePlots
 
 if TYPE_CHECKING:
     from ..lab import Lab
@@ -263,6 +265,13 @@ def redraw(dash: Dashboard, lab: Lab, detours: tuple[str, ...] = ()) -> None:
         fig.y_range.start, fig.y_range.end = min(ys) - 0.8, max(ys) + 0.6
         old.nodes = list(fresh.nodes) + list(detours)
         old.edges = list(fresh.edges)
-        # the packet table follows the running links; the rate plots keep the lines of the
-        # links they were made with (a bokeh stream cannot grow columns)
-        dash.link.options = [(f"{lp.a} ⟷ {lp.b}", (lp.a, lp.b)) for lp in lab.plan.links]
+        # the packet table and the rate plots follow the running links (a bokeh stream cannot
+        # grow columns: new plots replace the old ones in the same layout)
+        links = [(lp.a, lp.b) for lp in lab.plan.links]
+        dash.link.options = [(f"{a} ⟷ {b}", (a, b)) for a, b in links]
+        rates = RatePlots([f"{a}-{b}" for a, b in links], keep=dash.rates.keep,
+                          window_s=dash.rates.keep / max(dash.rate_hz, 0.1))
+        root: Any = dash.plots._model  # noqa: SLF001 - the row(graph, column(pps, bps)) shown
+        root.children[1] = column(rates.pps, rates.bps)
+        dash.rates = rates
+        dash.links = links
