@@ -1,7 +1,8 @@
 """The paper's Figure 2: TCP goodput between two instances, as a function of the write size.
 
     python bench/goodput.py [--quick] [--sizes 64,1024,65536] [--mtus 65500,1500]
-                            [--reps N] [--seconds S] [--paths pipe,direct,limit] [--mem MB]
+                            [--reps N] [--seconds S] [--paths pipe,lab,direct] [--mem MB]
+                            [--small-write 1024] [--no-limit]
 
 Paths, measured in the same run and interleaved repetition by repetition:
 
@@ -13,19 +14,38 @@ Paths, measured in the same run and interleaved repetition by repetition:
   SOCK_SEQPACKET socketpair, no relay (``PortSpec(fd=...)``).
 * ``limit``  the pipe's ceiling: the bare pcap pump (bench/pipe_pump.py), no
   kernels, frames of MTU + 14 bytes.
-* ``relay``  (diagnostic, not in the default set) one in-process C relay
-  between the two instances (a Link: one pump per direction, no pipe).
+* ``lab``    what a notebook's Lab gets: the two instances joined by a Link
+  (one in-process C relay, one pump per direction, no pipe); ``relay`` is an
+  alias.
+* ``limit``  measured for every MTU unless ``--no-limit`` (the pipe's ceiling,
+  no kernels).
 
 iperf3 runs inside the instances (``-l`` = write size; the iperf3 server reads
-with the same size). Goodput is iperf3's receiver-side figure. Writes
-bench/results/goodput.json (min/median/max per point) and goodput.png; the
-last stdout line is one JSON object {"pipe_gbps", "direct_gbps",
-"pipe_limit_gbps"} at 64 KiB writes, MTU 65500 (or the largest measured).
+with the same size). Goodput is iperf3's receiver-side figure.  After the
+iperf3 sweep every session also runs ``stdpkt-blast`` (lkl/blast.c) with
+``--small-write``-byte application writes: a static sender that submits 64
+``IORING_OP_SEND`` per ``io_uring_enter`` (one guest system call per 64 writes,
+where iperf3 makes one per write), the receiver reading 1 MiB buffers; its
+figure counts only bytes the receiver got (the sender half-closes and waits
+for the receiver's EOF).  Both are reported, labelled.
+
+Writes bench/results/<out>.json (min/median/max per point) and <out>.png; the
+last stdout line is one JSON object (the bench contract of issue 10)::
+
+    {"pipe_gbps": <pipe, 64 KiB, MTU 65500>, "direct_gbps": ..., "pipe_limit_gbps": ...,
+     "median_gbps": {"65500": {"pipe": {"1024": x, ...}, "lab": {...}, "direct": {...}},
+                     "1500": {...}},
+     "small_write": {"path": "pipe", "mtu": 65500, "write": 1024,
+                     "sender": "stdpkt-blast", "gbps": x}}
+
+(medians over ``--reps``; the headline point falls back to the largest MTU and
+write size measured when 65500 / 65536 are not).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import json
 import os
@@ -61,14 +81,33 @@ QUICK_SIZES = [64, 1024, 8192, 65536]
 TX_ADDR, RX_ADDR = "10.9.0.1/24", "10.9.0.2/24"
 MARK = "@@GP "
 
-RECEIVER_SCRIPT = """#!/bin/sh
-# goodput bench: the iperf3 server; the instance forwards until its input ends
-iperf3 -s -D
+BLAST_PORT = 5202
+BLAST_BATCH = 64
+
+
+def receiver_script(blast: str | None) -> str:
+    extra = f"{blast} recv {BLAST_PORT} 1048576 </dev/null >/dev/null 2>&1 &\n" if blast else ""
+    return f"""#!/bin/sh
+# goodput bench: the iperf3 server (and the blast receiver); the instance forwards until
+# its input ends
+{extra}iperf3 -s -D
 """
 
 
-def sender_script(sizes: list[int], seconds: float, omit: int) -> str:
-    """The sweep, run inside the sending instance: one iperf3 -J per write size."""
+def blast_lines(blast: str | None, small: int, seconds: float) -> str:
+    if not blast:
+        return ""
+    server = RX_ADDR.split("/")[0]
+    return f"""
+out=$({blast} send {server} {BLAST_PORT} {seconds:g} {small} {BLAST_BATCH} 2>&1)
+echo "{MARK}BLAST $out"
+"""
+
+
+def sender_script(sizes: list[int], seconds: float, omit: int, blast: str | None = None,
+                  small: int = 1024) -> str:
+    """The sweep, run inside the sending instance: one iperf3 -J per write size, then
+    one stdpkt-blast run with ``small``-byte writes."""
     server = RX_ADDR.split("/")[0]
     return f"""#!/bin/sh
 # goodput bench: one iperf3 run per write size; results between markers on the console
@@ -87,15 +126,16 @@ for size in {' '.join(map(str, sizes))}; do
     echo "{MARK}BEGIN $size"
     echo "$out"
     echo "{MARK}END $size"
-done
-"""
+done{blast_lines(blast, small, seconds)}"""
 
 
 class Collector:
     """Parses console lines of the sending instance into (size, Gbps) results."""
 
-    def __init__(self, on_result: Callable[[int, dict], None]) -> None:
+    def __init__(self, on_result: Callable[[int, dict], None],
+                 on_blast: Callable[[dict], None] | None = None) -> None:
         self._on_result = on_result
+        self._on_blast = on_blast
         self._size: int | None = None
         self._buf: list[str] = []
         self.failure: str | None = None
@@ -108,6 +148,14 @@ class Collector:
         elif line.startswith(MARK + "END ") and self._size is not None:
             self._on_result(self._size, _parse_iperf("\n".join(self._buf)))
             self._size = None
+        elif line.startswith(MARK + "BLAST "):
+            text = line[len(MARK + "BLAST ") :]
+            try:
+                report = json.loads(text[text.find("{"):])
+            except (json.JSONDecodeError, ValueError):
+                report = {"gbps": None, "error": text[-300:]}
+            if self._on_blast is not None:
+                self._on_blast(report)
         elif line.startswith(MARK + "FAIL"):
             self.failure = line[len(MARK) :]
         elif self._size is not None:
@@ -120,6 +168,12 @@ def _parse_iperf(text: str) -> dict:
         report = json.loads(text[start:]) if start >= 0 else {}
     except json.JSONDecodeError:
         report = {}
+    if not report and start >= 0:
+        # a console line mangled in transit (seen under load: a kernel message or lost
+        # bytes inside the JSON): the receiver figure is still readable on its own
+        m = re.search(r'"sum_received":\s*\{[^}]*?"bits_per_second":\s*([0-9.eE+]+)', text)
+        if m:
+            return {"gbps": float(m.group(1)) / 1e9, "parsed": "regex"}
     if "end" not in report or "error" in report:
         return {"gbps": None, "error": report.get("error") or text[-300:]}
     end = report["end"]
@@ -141,11 +195,15 @@ def _stdpkt_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "stdpkt_lab.cli"]
 
 
-def run_pipe(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
-    """The paper's pipeline: two `stdpkt run` processes, stdout | stdin one way, a FIFO back."""
+def run_pipe(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
+             env: dict[str, str] | None = None, tx_prefix: tuple[str, ...] = (),
+             rx_prefix: tuple[str, ...] = ()) -> None:
+    """The paper's pipeline: two `stdpkt run` processes, stdout | stdin one way, a FIFO back.
+    ``env``: extra environment (relay tuning); ``*_prefix``: an argv prefix (taskset)."""
     fifo = work / "back"
     tx_script, rx_script = work / "tx.sh", work / "rx.sh"
     base = {k: v for k, v in os.environ.items() if not re.match(r"^(IF|IP|NETMASK|MTU)\d+$|^GATEWAY$", k)}
+    base.update(env or {})
     tx_env = {**base, "IF0": f"{fifo}|/dev/stdout", "IP0": TX_ADDR.split("/")[0], "MTU0": str(mtu)}
     rx_env = {**base, "IF0": f"/dev/stdin|{fifo}", "IP0": RX_ADDR.split("/")[0], "MTU0": str(mtu)}
     mem_args = ["--mem", str(mem)]
@@ -154,13 +212,15 @@ def run_pipe(work: Path, mtu: int, mem: int, collector: Collector, timeout: floa
     rx_log = open(work / "rx.log", "wb")  # noqa: SIM115 - closed in finally
     try:
         tx = subprocess.Popen(
-            [*_stdpkt_argv(), "run", "--oneshot", "--name", f"gp-tx-{tag}", *mem_args, str(tx_script)],
+            [*tx_prefix, *_stdpkt_argv(), "run", "--oneshot", "--name", f"gp-tx-{tag}", *mem_args,
+             str(tx_script)],
             env=tx_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, cwd=work,
         )
         procs.append(tx)
         rx = subprocess.Popen(
-            [*_stdpkt_argv(), "run", "--name", f"gp-rx-{tag}", *mem_args, str(rx_script)],
+            [*rx_prefix, *_stdpkt_argv(), "run", "--name", f"gp-rx-{tag}", *mem_args,
+             str(rx_script)],
             env=rx_env, stdin=tx.stdout, stdout=subprocess.DEVNULL, stderr=rx_log,
             start_new_session=True, cwd=work,
         )
@@ -227,7 +287,8 @@ def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: fl
         rx.stop()
 
 
-def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
+def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
+              env: dict[str, str] | None = None) -> None:
     """Diagnostic: the two instances joined by one in-process C relay (a Link: one pump per
     direction, no pipe), to split the pipe path's cost between relaying and the pipe hop."""
     from stdpkt_lab.engine.links import Link
@@ -243,7 +304,16 @@ def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: flo
         rx.start()
         tx.start()
         link = Link(tx, 0, rx, 0, trace_slots=256)
-        link.start()
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})  # the relay reads its tuning at start
+        try:
+            link.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         rx.wait_ready()
         tx.wait_ready()
         if tx.wait(timeout) is None:
@@ -312,7 +382,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {"pipe": "-o", "direct": "--s", "relay": ":^"}
+    styles = {"pipe": "-o", "direct": "--s", "lab": ":^"}
     colours = {65500: "tab:blue", 1500: "tab:orange"}
     for mtu_key, per_path in result["goodput"].items():
         mtu = int(mtu_key)
@@ -347,6 +417,22 @@ def plot(result: dict, path: Path) -> None:
 # ------------------------------------------------------------------ main
 
 
+# Levers measured as extra paths of the same interleaved run (README, Performance).
+SPIN = {"STDPKT_RELAY_SPIN_US": "30"}
+BATCH64 = {"STDPKT_RELAY_SOCK_BATCH": "64"}
+_taskset = shutil.which("taskset")
+LEVER_RUNNERS: dict[str, Callable[..., None]] = {
+    "pipe+spin": functools.partial(run_pipe, env=SPIN),
+    "lab+spin": functools.partial(run_relay, env=SPIN),
+    "pipe+batch64": functools.partial(run_pipe, env=BATCH64),
+    "lab+batch64": functools.partial(run_relay, env=BATCH64),
+    "lab+1thread": functools.partial(run_relay, env={"STDPKT_LINK_THREADS": "one"}),
+    # each `stdpkt run` (its kernel, guest processes and relays) on a core of its own
+    "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
+                                  rx_prefix=(str(_taskset), "-c", "1")),
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 sizes, 1 repetition, 2 s runs (under 2 minutes)")
@@ -354,7 +440,12 @@ def main() -> int:
     ap.add_argument("--mtus", default="65500,1500")
     ap.add_argument("--reps", type=int)
     ap.add_argument("--seconds", type=float)
-    ap.add_argument("--paths", default="pipe,direct,limit")
+    ap.add_argument("--paths", default="pipe,lab,direct",
+                    help="kernel paths: pipe, lab (alias relay), direct; 'limit' is accepted "
+                         "and measured anyway unless --no-limit")
+    ap.add_argument("--small-write", type=int, default=1024,
+                    help="application write size of the stdpkt-blast run (0: no blast run)")
+    ap.add_argument("--no-limit", action="store_true", help="skip the bare pipe pump")
     ap.add_argument("--mem", type=int, default=InstanceSpec.__dataclass_fields__["mem_mb"].default,
                     help="guest memory in MB (default: the engine's)")
     ap.add_argument("--out", default="goodput", help="results file stem under bench/results/")
@@ -365,15 +456,35 @@ def main() -> int:
     reps = args.reps or (1 if args.quick else 3)
     seconds = args.seconds or (2.0 if args.quick else 3.0)
     omit = 0 if args.quick else 1
-    paths = [p for p in args.paths.split(",") if p]
-    kernel_paths = [p for p in paths if p in ("pipe", "direct", "relay")]
-    runners = {"pipe": run_pipe, "direct": run_direct, "relay": run_relay}
+    paths = list(dict.fromkeys("lab" if p == "relay" else p for p in args.paths.split(",") if p))
+    runners = {"pipe": run_pipe, "direct": run_direct, "lab": run_relay}
+    runners.update(LEVER_RUNNERS)
+    unknown = [p for p in paths if p not in runners and p != "limit"]
+    if unknown:
+        print(f"goodput.py: unknown path(s) {', '.join(unknown)}; known: "
+              f"{', '.join([*runners, 'limit'])}", file=sys.stderr)
+        return 2
+    kernel_paths = [p for p in paths if p in runners]
+    if not args.no_limit and "limit" not in paths:
+        paths.append("limit")
+    if args.no_limit and "limit" in paths:
+        paths.remove("limit")
+    blast = None
+    if args.small_write:
+        from stdpkt_lab.engine.paths import helper
+
+        try:
+            blast = helper("stdpkt-blast")
+        except Exception as exc:
+            print(f"goodput.py: no small-write run: {exc}", file=sys.stderr)
 
     result: dict = {
         "machine": machine(),
         "params": {"sizes": sizes, "mtus": mtus, "reps": reps, "seconds": seconds, "omit": omit,
-                   "mem_mb": args.mem, "quick": args.quick, "paths": paths},
+                   "mem_mb": args.mem, "quick": args.quick, "paths": paths,
+                   "small_write": args.small_write, "blast_batch": BLAST_BATCH},
         "goodput": {str(m): {p: {str(s): [] for s in sizes} for p in kernel_paths} for m in mtus},
+        "blast": {str(m): {p: [] for p in kernel_paths} for m in mtus},
         "pipe_limit": {},
         "errors": [],
         "runs": [],
@@ -384,8 +495,8 @@ def main() -> int:
     timeout = 120 + len(sizes) * (seconds + omit + 15)
     work = Path(tempfile.mkdtemp(prefix="stdpkt-goodput-"))
     try:
-        (work / "rx.sh").write_text(RECEIVER_SCRIPT)
-        (work / "tx.sh").write_text(sender_script(sizes, seconds, omit))
+        (work / "rx.sh").write_text(receiver_script(blast))
+        (work / "tx.sh").write_text(sender_script(sizes, seconds, omit, blast, args.small_write))
         with tqdm(total=total, desc="goodput", unit="run") as bar:
             if "limit" in paths:
                 for mtu in mtus:
@@ -405,7 +516,14 @@ def main() -> int:
                                 result["errors"].append(f"MTU {mtu} {path} {size}: {r.get('error')}")
                             bar.update(1)
 
-                        collector = Collector(got)
+                        def blasted(r: dict, mtu: int = mtu, path: str = path, rep: int = rep) -> None:
+                            result["blast"][str(mtu)][path].append(r.get("gbps"))
+                            details.append({"mtu": mtu, "path": path, "size": args.small_write,
+                                            "rep": rep, "tool": "stdpkt-blast", **r})
+                            if r.get("gbps") is None:
+                                result["errors"].append(f"MTU {mtu} {path} blast: {r.get('error')}")
+
+                        collector = Collector(got, blasted)
                         try:
                             runners[path](work, mtu, args.mem, collector, timeout)
                         except Exception as exc:  # one failed session must not lose the others
@@ -422,6 +540,9 @@ def main() -> int:
         for per_size in per_path.values():
             for size, values in per_size.items():
                 per_size[size] = summarise(values)
+    for per_path in result["blast"].values():
+        for path, values in per_path.items():
+            per_path[path] = summarise(values)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1))
     plot(result, RESULTS / f"{args.out}.png")
@@ -439,19 +560,36 @@ def main() -> int:
     for err in result["errors"]:
         print(f"error: {err}", file=sys.stderr)
 
-    head_mtu = "65500" if "65500" in raw else str(max(mtus))
-    head_size = str(max(sizes))
+    for mtu_key, per_path in result["blast"].items():
+        for p, cell in per_path.items():
+            print(f"MTU {mtu_key} {p}: stdpkt-blast {args.small_write} B writes x{BLAST_BATCH} "
+                  f"per io_uring_enter: {_f(cell['min'])}/{_f(cell['median'])}/{_f(cell['max'])}")
 
-    def headline(path: str) -> float | None:
-        cell = raw.get(head_mtu, {}).get(path, {}).get(head_size)
-        return None if not cell or cell["median"] is None else round(cell["median"], 3)
+    head_mtu = "65500" if "65500" in raw else str(max(mtus))
+    head_size = "65536" if 65536 in sizes else str(max(sizes))
+
+    def med(cell: dict | None) -> float | None:
+        return None if not cell or cell.get("median") is None else round(cell["median"], 3)
 
     limit = result["pipe_limit"].get(head_mtu, {}).get("median")
-    print(json.dumps({
-        "pipe_gbps": headline("pipe"),
-        "direct_gbps": headline("direct"),
+    small_path = "pipe" if "pipe" in kernel_paths else (kernel_paths[0] if kernel_paths else None)
+    small_mtu = head_mtu
+    line = {
+        "pipe_gbps": med(raw.get(head_mtu, {}).get("pipe", {}).get(head_size)),
+        "direct_gbps": med(raw.get(head_mtu, {}).get("direct", {}).get(head_size)),
         "pipe_limit_gbps": None if limit is None else round(limit, 2),
-    }))
+        "median_gbps": {m: {p: {sz: med(c) for sz, c in per_size.items()}
+                            for p, per_size in per_path.items()}
+                        for m, per_path in raw.items()},
+        "small_write": {
+            "path": small_path, "mtu": int(small_mtu), "write": args.small_write,
+            "sender": "stdpkt-blast" if blast else None,
+            "gbps": med(result["blast"].get(small_mtu, {}).get(small_path or "")),
+        },
+    }
+    result["summary"] = line
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(line))
     return 0 if not result["errors"] else 1
 
 

@@ -117,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ports: list[PipePort | StreamPort] = []
     malformed_seen: dict[str, int] = {}
     status = 0
+    control = None
     try:
         instance.start()
         for ends in config.pipes:
@@ -130,6 +131,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                on_refused=lambda msg: _say(f"stdpkt: {config.spec.name}: {msg}"))
             ports.append(sport)
             sport.start()
+        if args.name:  # new channels: stdpkt attach/detach NAME (engine/control.py)
+            from .engine.control import start_control
+
+            control = start_control(instance, ports, streams=streams, say=_say)
         deadline = time.monotonic() + args.boot_timeout
         while not stop.is_set() and not instance.exited:
             if not instance.ready and time.monotonic() > deadline:
@@ -159,6 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.verbose or not ended_normally:
                 _say(f"stdpkt: {config.spec.name}: stopping: {why}")
     finally:
+        if control is not None:
+            control.stop()
         for served in ports:
             served.stop()
         instance.stop()
@@ -208,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("script", metavar="SCRIPT", help="shell script run inside the instance")
     run.add_argument("--oneshot", action="store_true", help="end when SCRIPT ends; exit with its status")
-    run.add_argument("--name", help="instance name (hostname inside; default: script name + pid)")
+    run.add_argument("--name", help="instance name (hostname inside; default: script name + pid); "
+                     "a named instance accepts new channels: stdpkt attach/detach NAME")
     run.add_argument("--mem", type=int, default=128, metavar="MB", help="guest memory (default 128)")
     run.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
                      help="give up if the instance has not booted after S seconds (default 60)")
@@ -219,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="check that this host can run instances")
     check.set_defaults(func=cmd_check)
+    from .cli_control import add_control_commands
+
+    add_control_commands(sub)
     return parser
 
 

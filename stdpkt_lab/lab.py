@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .conditions import LinkConditioner
     from .describe import KindRegistry
     from .engine.agent import ExecResult
+    from .live import LiveChains
     from .relay import Pump, TracedFrame
 
 LinkRef = tuple[str, str]
@@ -82,6 +83,8 @@ class Lab:
         sample_hz: float | None = 5.0,
     ) -> None:
         self.plan: ChainPlan = build_plan(graph, registry=registry)
+        self._registry = registry
+        self._live: LiveChains | None = None
         self.boot_timeout = boot_timeout
         self.progress = progress
         self._trace = (trace_slots, trace_snap)
@@ -107,6 +110,8 @@ class Lab:
         try:
             return self._instances[node]
         except KeyError:
+            if self._live is not None and node in self._live.detours:
+                return self._live.detours[node]
             raise KeyError(f"no node {node!r} in this lab (nodes: {', '.join(self.plan.nodes)})") from None
 
     def __iter__(self) -> Iterator[str]:
@@ -192,6 +197,8 @@ class Lab:
 
     def _teardown(self) -> None:
         self.sampler.stop()
+        if self._live is not None:
+            self._live.close()
         for link in self._links:
             link.stop()
         if self._instances:
@@ -438,6 +445,49 @@ class Lab:
         """The sampler's hook: qdisc statistics of a node with conditions set, else nothing."""
         conditioner = self._conditioner
         return conditioner.qdisc_stats(node, timeout=2.0) if conditioner.conditioned(node) else {}
+
+    # --- live chains --- (stdpkt_lab.live: re-wire the running chain)
+    @property
+    def live(self) -> LiveChains:
+        """The live-change controller: history, detours, warm pool (:mod:`stdpkt_lab.live`)."""
+        if self._live is None:
+            from .live import LiveChains
+
+            self._live = LiveChains(self)
+        return self._live
+
+    def insert(self, link: LinkRef, node: str, *, kind: Any, **params: Any) -> Instance:
+        """Boot ``node`` and splice it into the running ``link`` (see :mod:`stdpkt_lab.live`)."""
+        return self.live.insert(link, node, kind=kind, **params)
+
+    def add(self, node: str, *, kind: Any, **params: Any) -> Instance:
+        """Boot a transparent ``node`` on no path yet (a detour for :meth:`steer`)."""
+        return self.live.add(node, kind=kind, **params)
+
+    def remove(self, node: str) -> None:
+        """Stop ``node``; the link it sat on heals."""
+        self.live.remove(node)
+
+    def replace(self, node: str, *, kind: Any, **params: Any) -> Instance:
+        """Boot a new ``node`` first, carry its conntrack state, then move its links."""
+        return self.live.replace(node, kind=kind, **params)
+
+    def connect(self, a: str, b: str, **attrs: Any) -> Link:
+        """A new link between running ``a`` and ``b`` (hot-plugged ports)."""
+        return self.live.connect(a, b, **attrs)
+
+    def disconnect(self, a: str, b: str) -> None:
+        """Remove the link between ``a`` and ``b``."""
+        self.live.disconnect(a, b)
+
+    def steer(self, link: LinkRef, match: str, *, via: Sequence[str]) -> Any:
+        """New flows on ``link`` matching ``match`` (pcap filter) traverse the detours ``via``
+        (booted with :meth:`add`); returns the :class:`~stdpkt_lab.steering.SteerRule`."""
+        return self.live.steer(link, match, via=via)
+
+    def unsteer(self, rule: Any) -> None:
+        """Remove a steering rule (its established flows fall back to the default path)."""
+        self.live.unsteer(rule)
 
 
 def _parse_iptables_save(text: str) -> list[dict[str, Any]]:

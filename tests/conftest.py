@@ -19,6 +19,9 @@ SESSION_RUNDIR = Path(f"/dev/shm/stdpkt-tests-{os.getpid()}")
 SESSION_RUNDIR.mkdir(exist_ok=True)
 SESSION_RUNDIR.chmod(0o1777)  # unprivileged test users make their run dirs here too
 os.environ["STDPKT_RUNDIR"] = str(SESSION_RUNDIR)
+#: Names of `stdpkt run --name` instances (engine/control.py) stay out of the user's own list.
+CONTROL_DIR = Path(f"/dev/shm/stdpkt-tests-{os.getpid()}-control")
+os.environ["STDPKT_CONTROL_DIR"] = str(CONTROL_DIR)
 
 
 def _ours(pid: str) -> bool:
@@ -66,6 +69,7 @@ def _describe(pid: int) -> str:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(SESSION_RUNDIR, ignore_errors=True)
+    shutil.rmtree(CONTROL_DIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -193,11 +193,16 @@ def pair(socks: list[socket.socket]) -> tuple[socket.socket, socket.socket]:
 def test_public_names():
     assert relay_pkg.__all__ == [
         "Endpoint",
+        "Flow",
+        "FlowTable",
+        "FlowTableStats",
         "Pump",
         "PumpResult",
         "PumpStats",
+        "SteerStats",
         "TracedFrame",
         "pcap",
+        "start_together",
     ]
     for name in relay_pkg.__all__:
         assert hasattr(relay_pkg, name)

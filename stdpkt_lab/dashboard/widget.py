@@ -111,6 +111,11 @@ class Dashboard(widgets.VBox):
         titles = tuple(self.controls.tabs.titles)
         self.controls.tabs.children = (*self.controls.tabs.children, self.conditions.widget)
         self.controls.tabs.titles = (*titles, "link conditions")
+        from .live_controls import LiveControls  # the 'live chain' tab (insert/remove/steer)
+
+        self.live_controls = LiveControls(lab, self.actions, self)
+        self.controls.tabs.children = (*self.controls.tabs.children, self.live_controls.widget)
+        self.controls.tabs.set_title(len(self.controls.tabs.children) - 1, "live chain")
 
         self.status = widgets.HTML()
         legend = " ".join(f"<span style='color:{c}'>&#9679;</span> {s}"
@@ -214,6 +219,7 @@ class Dashboard(widgets.VBox):
             self.controls.refresh()
             self.state_tab.refresh()
             self.conditions.refresh()
+            self.live_controls.refresh()
             if self._round % self.table_every == 1 or self.table_every == 1:
                 self._refresh_table()
 

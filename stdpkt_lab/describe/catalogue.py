@@ -21,6 +21,7 @@ __all__ = [
     "Firewall",
     "LoadBalancer",
     "Bridge",
+    "Filter",
     "Script",
     "CATALOGUE",
     "default_registry",
@@ -113,6 +114,36 @@ class Bridge(NFKind):
         return "\n".join(lines) + "\n"
 
 
+class Filter(Firewall):
+    """Transparent stateful firewall: a bridge (``br0`` over both ports, no addresses) whose
+    bridged IPv4 traffic goes through iptables (br_netfilter; ``iptables-legacy``, since
+    Debian's UML kernel has no nf_tables for IPv4 and no ``ebtables-legacy`` is installed).
+
+    Parameters are the firewall's: ``allow``, ``deny``, ``rules`` (see ``firewall``); with
+    none given everything passes (an ``allow=["any"]`` default), so it can be inserted into a
+    running link and tightened later.  Replies of accepted flows pass (conntrack).
+    """
+
+    name = "filter"
+    min_ports, max_ports = 2, 2
+    transit = False
+    transparent = True
+
+    def derive(self, ctx: KindContext) -> dict[str, Any]:
+        if ctx.params["allow"] is None and ctx.params["deny"] is None and ctx.params["rules"] is None:
+            return {"allow": ["any"]}
+        return {}
+
+    def setup(self, ctx: KindContext) -> str:
+        lines = [
+            Bridge().setup(ctx).rstrip("\n"),
+            "# filter: bridged IPv4 through iptables",
+            sh("modprobe", "br_netfilter"),
+            sh("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"),
+        ]
+        return "\n".join(lines) + "\n" + super().setup(ctx)
+
+
 class Script(ScriptKind):
     """The user's own shell script, run as root in the instance like ``stdpkt run`` runs one.
 
@@ -144,7 +175,8 @@ class Script(ScriptKind):
         return self.read_script(ctx, str(ctx.params["script"]))
 
 
-CATALOGUE: tuple[type[NFKind], ...] = (Host, Router, Nat, Firewall, LoadBalancer, Bridge, Script)
+CATALOGUE: tuple[type[NFKind], ...] = (
+    Host, Router, Nat, Firewall, LoadBalancer, Bridge, Filter, Script)
 
 #: The registry ``build_plan`` uses unless given another (``default_registry.copy()``
 #: gives a private one to extend).

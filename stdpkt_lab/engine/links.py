@@ -3,14 +3,21 @@
 The relay counts frames, bytes, drops and keeps a ring of recent frames for
 each direction; a link can be stopped and its ports re-joined elsewhere (the
 pumps own nothing but their threads: the sockets belong to the instances).
+
+Its two pumps share one :class:`~stdpkt_lab.relay.FlowTable` from the start, so
+that steering rules added later (``Link.add_steer``) leave the flows that were
+already running on their path, and a steered flow's replies take the detour
+back (docs/links.md).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
-from ..relay import Endpoint, Pump, PumpResult, PumpStats
+from ..errors import ConfigError
+from ..relay import Endpoint, FlowTable, Pump, PumpResult, PumpStats, SteerStats, start_together
 from .instance import Instance
 
 __all__ = ["Link"]
@@ -29,13 +36,20 @@ class Link:
         trace_slots: int = 1024,
         trace_snap: int = 256,
         on_end: Callable[[Link, str], None] | None = None,
+        one_thread: bool | None = None,
     ) -> None:
+        """``one_thread``: both pumps in one thread (one event loop, C relay_run_group)
+        instead of a thread each; None: ``$STDPKT_LINK_THREADS == "one"``."""
         self.a, self.a_port, self.b, self.b_port = a, a_port, b, b_port
         self._trace = (trace_slots, trace_snap)
         self._on_end = on_end
         self._pumps: dict[tuple[str, str], Pump] = {}
         self._lock = threading.Lock()
         self._stopped = False
+        self.flow_table = FlowTable()
+        if one_thread is None:
+            one_thread = os.environ.get("STDPKT_LINK_THREADS", "") == "one"
+        self.one_thread = one_thread
 
     @property
     def name(self) -> str:
@@ -51,9 +65,12 @@ class Link:
         slots, snap = self._trace
         for (src, dst), (fin, fout) in zip(self.directions, ((sa, sb), (sb, sa)), strict=True):
             pump = Pump(Endpoint.socket(fin), Endpoint.socket(fout), name=f"{src}->{dst}",
-                        trace_slots=slots, trace_snap=snap)
+                        trace_slots=slots, trace_snap=snap, flow_table=self.flow_table)
             pump.on_exit = self._pump_ended
             self._pumps[(src, dst)] = pump
+        if self.one_thread:
+            start_together(list(self._pumps.values()), name=self.name)
+            return
         for pump in self._pumps.values():
             pump.start()
 
@@ -72,6 +89,48 @@ class Link:
         self._stopped = True
         for pump in self._pumps.values():
             pump.stop(timeout)
+
+    # --- steering (docs/links.md) ---
+
+    def _direction(self, direction: tuple[str, str] | None) -> tuple[str, str]:
+        d = direction or self.directions[0]
+        if d not in self._pumps:
+            raise ConfigError(f"link {self.name} has no direction {d[0]}->{d[1]}")
+        return d
+
+    def add_steer(
+        self,
+        rule_id: int,
+        filter_expr: str | None,
+        *,
+        forward: Endpoint,
+        reverse: Endpoint | None = None,
+        direction: tuple[str, str] | None = None,
+    ) -> None:
+        """New flows of ``direction`` (default a->b) matching ``filter_expr`` go to
+        ``forward``; their replies (the other direction) go to ``reverse``, or take
+        the default path when it is None."""
+        fwd = self._direction(direction)
+        self._pumps[fwd].add_steer(rule_id, filter_expr, forward)
+        if reverse is not None:
+            try:
+                self._pumps[(fwd[1], fwd[0])].add_steer(rule_id, None, reverse)
+            except BaseException:
+                self._pumps[fwd].remove_steer(rule_id)
+                raise
+
+    def remove_steer(self, rule_id: int) -> None:
+        """Removes the rule from both directions (flows take the default path)."""
+        found = False
+        for pump in self._pumps.values():
+            if rule_id in pump.steer_rules:
+                pump.remove_steer(rule_id)
+                found = True
+        if not found:
+            raise ConfigError(f"link {self.name} has no steering rule {rule_id}")
+
+    def steer_stats(self) -> dict[tuple[str, str], dict[int, SteerStats]]:
+        return {key: pump.steer_stats() for key, pump in self._pumps.items()}
 
     def __repr__(self) -> str:
         return f"<Link {self.name}>"

@@ -6,7 +6,8 @@ Run as a script to build the extension in place, next to this file::
     python stdpkt_lab/relay/_build_relay.py
 
 The declarations come from the block between the ``cdef`` markers of relay.h,
-so the header is the one place they are written.
+so the header is the one place they are written.  Every ``*.c`` file of this
+directory is compiled in (they link together; none has a ``main()``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def make_ffibuilder(*, absolute: bool = False) -> FFI:
     builder.set_source(
         MODULE,
         '#include "relay.h"',
-        sources=[path(HERE / "relay.c")],
+        sources=[path(p) for p in sorted(HERE.glob("*.c"))],
         include_dirs=[path(HERE)],
         extra_compile_args=["-O2", "-pthread", "-std=gnu11", "-Wall"],
         extra_link_args=["-pthread"],

@@ -9,6 +9,13 @@ Life cycle: ``Pump(...)`` allocates memory only; ``start()`` takes private
 descriptions of the descriptors and starts the thread; the loop ends when asked
 (``stop()``), at the end of the source, when the destination's peer goes away,
 on a bad pcap stream or an I/O error; ``result`` says which.  A pump runs once.
+
+Re-wiring while running (docs/links.md): ``retarget(endpoint)`` changes the
+destination between two batches of frames (counters and trace ring stay);
+``add_steer(rule_id, filter_expr, endpoint)`` / ``remove_steer(rule_id)`` /
+``steer_stats()`` steer new flows matching a pcap filter to another endpoint,
+with a :class:`~stdpkt_lab.relay.steer.FlowTable` shared by the two pumps of a
+link so replies can take their own detour (see :mod:`stdpkt_lab.relay.steer`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stdpkt_lab.errors import ConfigError, LinkError, PcapError, StateError
-from stdpkt_lab.relay import bpf
 
 try:
     from stdpkt_lab.relay._relay import ffi, lib
@@ -33,7 +39,9 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`python stdpkt_lab/relay/_build_relay.py`"
     ) from exc
 
-__all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame"]
+from stdpkt_lab.relay.steer import FlowTable, SteerStats, bpf_program  # noqa: E402
+
+__all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame", "start_together"]
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +116,23 @@ class Endpoint:
         return lib.RELAY_KIND_SOCKET if self.kind == "socket" else lib.RELAY_KIND_PCAP
 
 
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def _fileno(fd: int | _HasFileno) -> int:
     n = fd if isinstance(fd, int) else fd.fileno()
     if n < 0:
         raise ConfigError(f"endpoint file descriptor {n} is not valid")
     return n
+
+
+def _check_kind(ep: Endpoint) -> None:
+    if ep.kind not in ("socket", "pcap"):
+        raise ConfigError(f"unknown endpoint kind {ep.kind!r}")
 
 
 class _State(enum.Enum):
@@ -133,14 +153,14 @@ class Pump:
         trace_slots: int = 1024,
         trace_snap: int = 256,
         write_header: bool = True,
+        flow_table: FlowTable | None = None,
     ) -> None:
         if trace_slots < 0 or trace_slots & (trace_slots - 1):
             raise ConfigError(f"trace_slots must be 0 or a power of two, not {trace_slots}")
         if trace_slots and not 1 <= trace_snap <= FRAME_MAX:
             raise ConfigError(f"trace_snap must be in 1..{FRAME_MAX}, not {trace_snap}")
         for ep in (src, dst):
-            if ep.kind not in ("socket", "pcap"):
-                raise ConfigError(f"unknown endpoint kind {ep.kind!r}")
+            _check_kind(ep)
         self.src = src
         self.dst = dst
         self.name = name
@@ -154,69 +174,94 @@ class Pump:
         if r == ffi.NULL:
             raise MemoryError(f"pump {name!r}: cannot allocate the relay")
         self._r = ffi.gc(r, lib.relay_free)
+        self._flow_table: FlowTable | None = None
+        self._steer: dict[int, Endpoint] = {}
+        # guards dst and the steering endpoints; never taken by stop(), so a C call that
+        # waits for the loop (a full destination) under it cannot block stop()
+        self._wire_lock = threading.Lock()
+        if flow_table is not None:
+            self.flow_table = flow_table
         self._lock = threading.Lock()
         self._state = _State.NEW
         self._thread: threading.Thread | None = None
         self._result: PumpResult | None = None
+        self._steer_closed = False
+        self._done = threading.Event()  # set once the loop ended and on_exit returned
+        self._solo = True  # False: the loop runs in a group thread (start_together)
 
     # ---------------------------------------------------------------- life cycle
 
     def start(self) -> Pump:
         """Opens private descriptions of both descriptors, writes the pcap global header
-        (when the destination is pcap and ``write_header``) and starts the loop."""
+        (when the destination is pcap and ``write_header``) and starts the loop in a
+        thread of its own (:func:`start_together` runs several pumps in one thread)."""
         with self._lock:
-            if self._state is not _State.NEW:
-                raise StateError(f"pump {self.name!r} was already started ({self._state.value})")
-            rc = lib.relay_open(
-                self._r,
-                self.src.fd,
-                self.src._ckind,
-                self.dst.fd,
-                self.dst._ckind,
-                1 if self.write_header else 0,
-            )
-            if rc < 0:
-                raise LinkError(f"pump {self.name!r}: {self._last_error()}")
+            self._open()
             self._thread = threading.Thread(target=self._run, name=f"pump {self.name}", daemon=True)
-            self._state = _State.RUNNING
             self._thread.start()
         return self
+
+    def _open(self) -> None:
+        """relay_open() and the RUNNING state (self._lock held)."""
+        if self._state is not _State.NEW:
+            raise StateError(f"pump {self.name!r} was already started ({self._state.value})")
+        rc = lib.relay_open(
+            self._r,
+            self.src.fd,
+            self.src._ckind,
+            self.dst.fd,
+            self.dst._ckind,
+            1 if self.write_header else 0,
+        )
+        if rc < 0:
+            raise LinkError(f"pump {self.name!r}: {self._last_error()}")
+        self._state = _State.RUNNING
 
     def _run(self) -> None:
         code = PumpResult.ERROR.value
         try:
             code = lib.relay_run(self._r)  # blocks; cffi releases the GIL
         finally:
-            for ep in (self.src, self.dst):
+            self._finish(code)
+
+    def _finish(self, code: int) -> None:
+        """The loop ended with ``code``: close what the pump owns, publish the result,
+        call on_exit (in the thread that ran the loop)."""
+        try:
+            with self._wire_lock:
+                owned = [self.src, self.dst, *self._steer.values()]
+                self._steer_closed = True
+            for ep in owned:
                 if ep.close:
-                    try:
-                        os.close(ep.fd)
-                    except OSError:
-                        pass
+                    _close(ep.fd)
             self._result = PumpResult(code)
             with self._lock:
                 self._state = _State.FINISHED
-        callback = self.on_exit
-        if callback is not None:
-            try:
-                callback(self, self._result)
-            except Exception:
-                log.exception("on_exit callback of pump %r failed", self.name)
+            callback = self.on_exit
+            if callback is not None:
+                try:
+                    callback(self, self._result)
+                except Exception:
+                    log.exception("on_exit callback of pump %r failed", self.name)
+        finally:
+            self._done.set()
 
     def stop(self, timeout: float | None = 2.0) -> PumpResult | None:
-        """Ends the loop and waits for its thread; idempotent. Works while the loop is
-        blocked on a full destination. Raises LinkError if the thread outlives timeout."""
+        """Ends the loop and waits for it; idempotent. Works while the loop is blocked on
+        a full destination. Raises LinkError if the loop outlives timeout."""
         with self._lock:
             if self._state is _State.NEW:
                 self._state = _State.FINISHED  # never ran; refuses start() from now on
+                self._done.set()
                 return None
             thread = self._thread
         lib.relay_stop(self._r)
         if thread is None or thread is threading.current_thread():
-            return self._result
-        thread.join(timeout)
-        if thread.is_alive():
+            return self._result  # called from on_exit of this loop's thread: cannot wait
+        if not self._done.wait(timeout):
             raise LinkError(f"pump {self.name!r} did not stop within {timeout} s")
+        if self._solo:
+            thread.join(timeout)
         return self._result
 
     def wait(self, timeout: float | None = None) -> PumpResult | None:
@@ -225,7 +270,7 @@ class Pump:
         if thread is None:
             return self._result
         if thread is not threading.current_thread():
-            thread.join(timeout)
+            self._done.wait(timeout)
         return self._result
 
     @property
@@ -294,6 +339,106 @@ class Pump:
             raise LinkError(f"pump {self.name!r}: destination refused a frame of {len(data)} bytes")
         raise LinkError(f"pump {self.name!r}: inject failed: {self._last_error()}")
 
+    # ---------------------------------------------------------------- re-wiring
+
+    def retarget(self, endpoint: Endpoint, *, write_header: bool = True) -> None:
+        """Sends every frame after the current batch to ``endpoint`` instead of ``dst``
+        (thread-safe; counters, trace ring and steering rules stay).  The pump takes a
+        private description of the descriptor, as start() does; its description of the
+        old destination is closed (and the old descriptor itself when it was given with
+        ``close=True``).  A pcap destination first gets a global header unless
+        ``write_header`` is False.  Waits while a write to a full old destination is in
+        progress.  Before start() it only replaces ``dst``."""
+        _check_kind(endpoint)
+        with self._lock:
+            state = self._state
+            if state is _State.NEW:
+                old, self.dst, self.write_header = self.dst, endpoint, write_header
+                if old.close and old.fd != endpoint.fd:
+                    _close(old.fd)
+                return
+        if state is not _State.RUNNING or self._result is not None:
+            raise StateError(f"pump {self.name!r} has ended; cannot retarget it")
+        with self._wire_lock:
+            if self._steer_closed:
+                raise StateError(f"pump {self.name!r} has ended; cannot retarget it")
+            rc = lib.relay_set_dst(self._r, endpoint.fd, endpoint._ckind,
+                                   1 if write_header else 0)
+            if rc == -errno.EBADF:
+                raise StateError(f"pump {self.name!r} ended before it could be retargeted")
+            if rc < 0:
+                raise LinkError(f"pump {self.name!r}: cannot retarget: {self._last_error()}")
+            old, self.dst = self.dst, endpoint
+        if old.close and old.fd != endpoint.fd:
+            _close(old.fd)
+
+    @property
+    def flow_table(self) -> FlowTable | None:
+        """The flow table steering uses (shared with the reverse pump), or None."""
+        return self._flow_table
+
+    @flow_table.setter
+    def flow_table(self, table: FlowTable | None) -> None:
+        lib.relay_set_flowtab(self._r, ffi.NULL if table is None else table._ptr)
+        self._flow_table = table  # keeps the table alive while the relay points at it
+
+    def add_steer(
+        self, rule_id: int, filter_expr: str | None, endpoint: Endpoint, *, write_header: bool = True
+    ) -> None:
+        """New flows whose first frame matches the pcap filter ``filter_expr`` (None: none;
+        the rule then only carries flows the reverse pump classified with the same id) go
+        to ``endpoint``, and so do their later frames on this pump.  Gives the pump a flow
+        table of its own when it has none (a link shares one between its pumps).
+        ``endpoint`` with ``close=True`` is closed when the rule is removed or the loop ends."""
+        _check_kind(endpoint)
+        if not isinstance(rule_id, int) or not 1 <= rule_id < 2**32:
+            raise ConfigError(f"steering rule id must be an integer in 1..2**32-1, not {rule_id!r}")
+        if rule_id in self._steer:
+            raise ConfigError(f"pump {self.name!r} already has steering rule {rule_id}")
+        if filter_expr is not None and not filter_expr.strip():
+            raise ConfigError(f"steering rule {rule_id}: empty filter (use None for no filter)")
+        insns, n = bpf_program(filter_expr) if filter_expr is not None else (ffi.NULL, 0)
+        with self._wire_lock:
+            if self._steer_closed or self._state is _State.FINISHED:
+                raise StateError(f"pump {self.name!r} has ended; cannot add steering rule {rule_id}")
+            if self._flow_table is None:
+                self.flow_table = FlowTable()
+            rc = lib.relay_add_steer(self._r, rule_id, insns, n, endpoint.fd, endpoint._ckind,
+                                     1 if write_header else 0)
+            if rc == -errno.EBADF and self._state is not _State.NEW:
+                raise StateError(f"pump {self.name!r} ended before steering rule {rule_id} was added")
+            if rc < 0:
+                raise LinkError(f"pump {self.name!r}: steering rule {rule_id}: {self._last_error()}")
+            self._steer[rule_id] = endpoint
+
+    def remove_steer(self, rule_id: int) -> None:
+        """Removes a rule: its flows take the default path on this pump from the next batch
+        (their flow-table entries stay until they expire)."""
+        with self._wire_lock:
+            endpoint = self._steer.pop(rule_id, None)
+            if endpoint is None:
+                raise ConfigError(f"pump {self.name!r} has no steering rule {rule_id}")
+            lib.relay_remove_steer(self._r, rule_id)
+            closed = self._steer_closed
+        if endpoint.close and not closed:
+            _close(endpoint.fd)
+
+    def steer_stats(self) -> dict[int, SteerStats]:
+        """Counters of every rule of this pump: {rule_id: SteerStats(flows, frames, bytes, drops)}."""
+        out = {}
+        st = ffi.new("relay_steer_stats *")
+        with self._wire_lock:
+            ids = list(self._steer)
+        for rule_id in ids:
+            if lib.relay_get_steer_stats(self._r, rule_id, st) == 0:
+                out[rule_id] = SteerStats(st.flows, st.frames, st.bytes, st.drops)
+        return out
+
+    @property
+    def steer_rules(self) -> dict[int, Endpoint]:
+        with self._wire_lock:
+            return dict(self._steer)
+
     # ---------------------------------------------------------------- trace ring
 
     @property
@@ -316,14 +461,8 @@ class Pump:
             lib.relay_set_filter(self._r, ffi.NULL, 0)
             self._filter = None
             return
-        prog = bpf.compile_filter(expr)
-        insns = ffi.new("relay_bpf_insn[]", len(prog))
-        for i, ins in enumerate(prog):
-            insns[i].code = ins.code
-            insns[i].jt = ins.jt
-            insns[i].jf = ins.jf
-            insns[i].k = ins.k
-        if lib.relay_set_filter(self._r, insns, len(prog)) != 0:
+        insns, n = bpf_program(expr)
+        if lib.relay_set_filter(self._r, insns, n) != 0:
             raise PcapError(f"capture filter {expr!r} compiled to an invalid BPF program")
         self._filter = expr
 
@@ -353,3 +492,53 @@ class Pump:
 
     def clear_trace(self) -> None:
         lib.relay_clear_trace(self._r)
+
+
+def start_together(pumps: list[Pump], *, name: str = "") -> threading.Thread:
+    """Starts ``pumps`` with one thread for all of them: one event loop (C
+    ``relay_run_group``) takes a batch from each ready source in turn and sleeps in one
+    ``poll()`` over all sources when none is ready, instead of one thread and one
+    wake-up per pump.  Each pump keeps its own counters, trace, steering, ``stop()``
+    and ``on_exit`` (called in the group's thread).  A failed start stops the pumps
+    already opened and re-raises.
+
+    The price: a write to a full destination blocks the whole group until its reader
+    makes room (or that pump is stopped), so a stalled reader (a paused instance) stalls
+    every pump of the group, where separate threads stall only its own direction."""
+    if not 1 <= len(pumps) <= lib.RELAY_GROUP_MAX:
+        raise ConfigError(f"start_together takes 1..{lib.RELAY_GROUP_MAX} pumps, not {len(pumps)}")
+    opened: list[Pump] = []
+    try:
+        for p in pumps:
+            with p._lock:
+                p._open()
+                p._solo = False
+            opened.append(p)
+    except BaseException:
+        for p in opened:
+            lib.relay_stop(p._r)
+        if opened:
+            _run_group(opened)  # ends each at once (stopped), closing what it owns
+        raise
+    thread = threading.Thread(target=_run_group, args=(list(pumps),), daemon=True,
+                              name=f"pumps {name or ', '.join(p.name for p in pumps)}")
+    for p in pumps:
+        p._thread = thread
+    thread.start()
+    return thread
+
+
+def _run_group(pumps: list[Pump]) -> None:
+    live = list(pumps)
+    try:
+        while live:
+            arr = ffi.new("relay *[]", [p._r for p in live])
+            idx = lib.relay_run_group(arr, len(live))  # blocks; cffi releases the GIL
+            if idx < 0:
+                raise LinkError("relay_run_group refused its relays")
+            p = live.pop(idx)
+            p._finish(lib.relay_result(p._r))
+    finally:
+        for p in live:  # only after an unexpected error: never leave a pump unfinished
+            lib.relay_stop(p._r)
+            p._finish(PumpResult.ERROR.value)

@@ -8,8 +8,21 @@
  *
  * Life cycle: relay_new() (memory only) -> relay_open() (descriptors) ->
  * relay_run() (blocks in the calling thread until stopped, EOF or error) ->
- * relay_free().  relay_stop(), relay_inject() and the trace functions may be
- * called from any thread while relay_run() is running.
+ * relay_free().  relay_stop(), relay_inject(), the trace functions,
+ * relay_set_dst() (retarget) and the steering functions may be called from
+ * any thread while relay_run() is running.
+ *
+ * Steering (docs/links.md): a relay with a flow table (relay_set_flowtab(),
+ * one table shared by the two relays of a link) records every IPv4/IPv6 flow
+ * it sees under a symmetric key (proto, {addr,port} pair).  A *new* flow (TCP:
+ * SYN without ACK; UDP and others: first frame of an unknown or expired key)
+ * is offered to the relay's rules in the order they were added; the first
+ * whose BPF filter accepts the frame owns it, and the flow is recorded with
+ * that rule's id (0 = default path).  Frames of a recorded flow go, in either
+ * relay, to that relay's output for the recorded id: the reverse relay
+ * registers the same rule id with its own output (and no filter) so that the
+ * replies take their own detour.  A relay without an output for the id uses
+ * its default destination.  Non-IP frames always take the default path.
  *
  * The block between the "cdef" markers is fed verbatim to cffi's cdef(): it
  * must stay plain declarations (no #if, no macros with arguments).
@@ -77,6 +90,14 @@ int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int
 
 /* Runs the loop in the calling thread; returns a RELAY_* result. Once only. */
 int relay_run(relay *r);
+/* Runs the loops of n opened relays in the calling thread (one event loop: a batch of
+ * each ready source in turn, one poll() over all of them when none is ready) until one
+ * of them ends; returns its index (its result: relay_result()), or -1 (bad arguments:
+ * n == 0, n > RELAY_GROUP_MAX, a relay not opened or already ended).  Call again with
+ * the others to go on; a relay is started by the first call that includes it.
+ * A write to a full destination blocks the whole group until there is room. */
+#define RELAY_GROUP_MAX 64
+int relay_run_group(relay **rs, uint32_t n);
 /* Asks the loop to end (async-signal-safe, idempotent). */
 void relay_stop(relay *r);
 /* The result of relay_run(), RELAY_RUNNING while it runs or before. */
@@ -108,6 +129,64 @@ uint32_t relay_bpf_run(const relay_bpf_insn *insns, const uint8_t *pkt, uint32_t
  * the socket's receive timeout (returns frames, adds their bytes to *bytes). */
 int64_t relay_bench_send(int fd, uint32_t len, uint64_t count);
 int64_t relay_bench_recv(int fd, uint64_t count, uint64_t *bytes);
+/* ---- steering and retargeting ---- */
+#define RELAY_MAX_RULES 64
+
+typedef struct relay_steer_stats {
+    uint64_t flows;          /* new flows this rule took (on this relay) */
+    uint64_t frames;         /* frames this relay wrote to the rule's output */
+    uint64_t bytes;          /* their frame bytes */
+    uint64_t drops;          /* frames for the output lost because it failed */
+} relay_steer_stats;
+
+typedef struct relay_flowtab relay_flowtab;
+
+typedef struct relay_flowtab_stats {
+    uint64_t capacity;       /* slots */
+    uint64_t active;         /* entries not expired */
+    uint64_t flows;          /* entries ever recorded */
+    uint64_t evictions;      /* live entries overwritten because their bucket was full */
+} relay_flowtab_stats;
+
+typedef struct relay_flow_info {
+    uint8_t family;          /* 4 or 6 */
+    uint8_t proto;           /* IP protocol number */
+    uint8_t closing;         /* TCP FIN or RST seen: the short timeout applies */
+    uint8_t reserved;
+    uint16_t port_lo, port_hi;  /* host order, the ports of addr_lo and addr_hi */
+    uint8_t addr_lo[16], addr_hi[16];  /* IPv4 in the first 4 bytes; lo < hi as (addr, port) */
+    uint32_t rule;           /* 0 = default path */
+    uint64_t idle_ns;        /* since the last frame */
+} relay_flow_info;
+
+/* capacity: a power of two >= 64; idle_ns: timeout of a flow without frames;
+ * closed_ns: timeout once a TCP FIN or RST was seen.  NULL on bad arguments. */
+relay_flowtab *relay_flowtab_new(uint32_t capacity, uint64_t idle_ns, uint64_t closed_ns);
+/* Only once no relay uses it (relay_set_flowtab(r, NULL) or relay_free). */
+void relay_flowtab_free(relay_flowtab *t);
+void relay_flowtab_get_stats(relay_flowtab *t, relay_flowtab_stats *out);
+/* Copies up to max live entries; returns the number copied. */
+uint32_t relay_flowtab_dump(relay_flowtab *t, relay_flow_info *out, uint32_t max);
+void relay_flowtab_clear(relay_flowtab *t);
+
+/* Attaches a flow table (NULL detaches). 0. */
+int relay_set_flowtab(relay *r, relay_flowtab *t);
+/* Retarget: the relay takes a private description of fd (as relay_open does)
+ * and sends every frame after the current batch there; the old destination's
+ * description is closed.  Waits while a write to a full old destination is in
+ * progress.  write_header: a pcap destination gets a global header first.
+ * 0 or -errno (-EINVAL: not opened; -EBADF: the loop has ended). */
+int relay_set_dst(relay *r, int fd, int kind, int write_header);
+/* Adds a rule (id != 0, unique on this relay). insns NULL / n == 0: the rule
+ * classifies nothing and only carries flows recorded by the other relay.
+ * 0, -EINVAL (id 0 or bad program), -EEXIST, -ENOSPC, -ENOMEM or a take_fd error. */
+int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uint32_t n,
+                    int fd, int kind, int write_header);
+/* Removes a rule and closes its output; its flows take the default path on
+ * this relay from the next batch. 0 or -ENOENT. */
+int relay_remove_steer(relay *r, uint32_t rule_id);
+/* 0 or -ENOENT. */
+int relay_get_steer_stats(relay *r, uint32_t rule_id, relay_steer_stats *out);
 /* ---- cdef end ---- */
 
 #endif /* STDPKT_RELAY_H */
