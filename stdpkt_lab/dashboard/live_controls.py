@@ -22,7 +22,6 @@ from .graph import ChainGraph
 from .rates import RatePlots
 
 if TYPE_CHECKING:
-    from ..lab import Lab
     from .actions import Actions
     from .widget import Dashboard
 
@@ -76,7 +75,8 @@ def steering_html(rows: Sequence[Mapping[str, Any]]) -> str:
 class LiveControls:
     """The 'live chain' tab; :attr:`widget` is its view."""
 
-    def __init__(self, lab: Lab, actions: Actions, dashboard: Dashboard | None = None) -> None:
+    def __init__(self, lab: Any, actions: Actions, dashboard: Dashboard | None = None) -> None:
+        # lab: a Lab with the live-chain methods; typed loosely, the dashboard never imports lab.py
         self.lab = lab
         self.actions = actions
         self.dashboard = dashboard
@@ -217,7 +217,7 @@ class LiveControls:
         return not first
 
 
-def _said(result: Any, lab: Lab, what: str) -> str:
+def _said(result: Any, lab: Any, what: str) -> str:
     change = lab.live.history[-1] if lab.live.history else None
     if change is None:
         return "done"
@@ -225,7 +225,7 @@ def _said(result: Any, lab: Lab, what: str) -> str:
     return f"done: switch {change.switch_s * 1e3:.1f} ms{boot}"
 
 
-def redraw(dash: Dashboard, lab: Lab, detours: tuple[str, ...] = ()) -> None:
+def redraw(dash: Dashboard, lab: Any, detours: tuple[str, ...] = ()) -> None:
     """Redraw ``dash``'s chain graph from the running chain (in place: same figure, new data)."""
     fresh = ChainGraph(lab.plan)
     old = dash.graph

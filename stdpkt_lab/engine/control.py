@@ -26,7 +26,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from . import hotplug
 from .instance import Instance
 from .pipes import PipePort, StdStreams
 from .spec import MAX_MTU, MAX_PORTS
+from .streams import StreamEnds, StreamPort
 from .variables import PipeEnds
 
 __all__ = ["ControlServer", "start_control", "control_dir", "request", "call", "list_instances",
@@ -71,7 +72,7 @@ def _alive(sock_path: Path) -> bool:
 class ControlServer:
     """Serves attach/detach/info for one running instance (owned by ``stdpkt run``)."""
 
-    def __init__(self, instance: Instance, ports: list[PipePort], *, streams: StdStreams,
+    def __init__(self, instance: Instance, ports: Sequence[PipePort | StreamPort], *, streams: StdStreams,
                  say: Callable[[str], None]) -> None:
         self.instance = instance
         self.ports = ports  # boot-time channels (read only here)
@@ -151,8 +152,8 @@ class ControlServer:
         for port in inst.spec.ports:
             ends = next((p.ends for p in self.ports if p.ends.index == port.index), None)
             ifs.append({"index": port.index, "address": str(port.address) if port.address else None,
-                        "mtu": port.mtu, "rx": ends.rx if ends else None,
-                        "tx": ends.tx if ends else None, "attached": False})
+                        "mtu": port.mtu, "rx": _end(ends, "rx"), "tx": _end(ends, "tx"),
+                        "attached": False})
         with self._lock:
             for index, pp in sorted(self.attached.items()):
                 ifs.append({"index": index, "address": getattr(pp, "address", None),
@@ -237,7 +238,16 @@ class ControlServer:
             self._path.unlink(missing_ok=True)
 
 
-def start_control(instance: Instance, ports: list[PipePort], *, streams: StdStreams,
+def _end(ends: PipeEnds | StreamEnds | None, side: str) -> str | None:
+    """Where one direction of a boot-time port goes: a pipe path, or a stream's label."""
+    if ends is None:
+        return None
+    if isinstance(ends, StreamEnds):
+        return ends.label
+    return str(getattr(ends, side))
+
+
+def start_control(instance: Instance, ports: Sequence[PipePort | StreamPort], *, streams: StdStreams,
                   say: Callable[[str], None]) -> ControlServer | None:
     """The control server of a named ``stdpkt run`` instance, started.  A name another live
     instance holds, or a control directory we cannot use, only costs this instance its new
