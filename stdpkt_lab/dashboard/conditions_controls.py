@@ -17,6 +17,7 @@ from bokeh.models import ColumnDataSource
 from bokeh.models.annotations import LabelSet
 
 from ..describe.conditions import parse_conditions
+from ..errors import ChainError
 
 if TYPE_CHECKING:
     from .actions import Actions
@@ -44,6 +45,7 @@ class ConditionsControls:
         # lab: a Lab (set_link, link_conditions): typed loosely, the dashboard never imports lab.py
         self.lab = lab
         self.actions = actions
+        self.graph = graph
         self.links: list[tuple[str, str]] = [(lp.a, lp.b) for lp in lab.plan.links]
         self._edge_links = [tuple(sorted(e)) for e in graph.edges]
         self.link = widgets.Dropdown(options=[(f"{a} ⟷ {b}", (a, b)) for a, b in self.links],
@@ -136,8 +138,25 @@ class ConditionsControls:
         """One label per graph edge (in the graph's edge order)."""
         return [conditions_label(a, b, self.lab.link_conditions((a, b))) for a, b in self._edge_links]
 
+    def _follow_the_chain(self) -> None:
+        """A live change (insert, remove, ...) re-wired the chain: follow its links and edges."""
+        links = [(lp.a, lp.b) for lp in self.lab.plan.links]
+        edges = [tuple(sorted(e)) for e in self.graph.edges]
+        if links == self.links and edges == self._edge_links:
+            return
+        self.links, self._edge_links = links, edges
+        if [o[1] for o in self.link.options] != links:
+            self.link.options = [(f"{a} ⟷ {b}", (a, b)) for a, b in links]
+        xs, ys = list(self.graph.rate_source.data["x"]), list(self.graph.rate_source.data["y"])
+        self.source.data = {"x": xs, "y": [y - 0.16 for y in ys], "text": ["" for _ in xs]}
+        self._shown = ()
+
     def refresh(self) -> None:
-        labels = self.labels()
+        self._follow_the_chain()
+        try:
+            labels = self.labels()
+        except ChainError:  # the graph is being redrawn after a live change: next round
+            return
         link = self.link.value
         now = self.lab.link_conditions(link) if link else {}
         if (labels, now) == self._shown:
