@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from .devices import CollisionDomain, KatharaDevice
+from .frr import Frr
 from .ipvs import LoadBalancer
 from .kinds import KindContext, KindRegistry, NFKind, Param, ScriptKind, sh, str_list
 from .netfilter import Firewall, Nat
@@ -144,7 +146,10 @@ class Script(ScriptKind):
         return self.read_script(ctx, str(ctx.params["script"]))
 
 
-CATALOGUE: tuple[type[NFKind], ...] = (Host, Router, Nat, Firewall, LoadBalancer, Bridge, Script)
+CATALOGUE: tuple[type[NFKind], ...] = (
+    Host, Router, Nat, Firewall, LoadBalancer, Bridge, Script,
+    Frr, KatharaDevice, CollisionDomain,  # routing daemons; imported Kathará labs
+)
 
 #: The registry ``build_plan`` uses unless given another (``default_registry.copy()``
 #: gives a private one to extend).

@@ -10,7 +10,8 @@ Graph conventions:
   attributes ``label``/``pos``, which are ignored.
 * Every edge is a link (direction in a DiGraph is ignored; ``a→b`` plus
   ``b→a`` is one link).  Edges may carry ``subnet=``, ``mtu=`` and
-  ``addr={end: "10.0.0.2[/24]"}`` — see :mod:`~stdpkt_lab.describe.addressing`.
+  ``addr={end: "10.0.0.2[/24]"}``, ``ports={end: N}`` (that end is ``ethN``),
+  ``mac={end: "02:..."}`` — see :mod:`~stdpkt_lab.describe.addressing`.
 
 Routes are derived by :mod:`~stdpkt_lab.describe.routing`; ``/etc/hosts`` of every
 instance maps every node name to :meth:`ChainPlan.address`.
@@ -187,6 +188,7 @@ def build_plan(
         forwarding={n for n in names if kinds[n].transit},
         pool=net,
         prefixlen=prefixlen,
+        unaddressed={n for n in names if not kinds[n].addressed},
     )
     l3 = L3Graph(
         [n for n in names if not kinds[n].transparent],
@@ -372,7 +374,7 @@ def _node_plan(
         raise ctx.error(f"env must map variable names to values, got {extra!r}")
     env.update({k: str(v) for k, v in extra.items()})
     mem = attrs.get("mem_mb", kind.mem_mb)
-    ports = tuple(PortSpec(p.index, p.address, p.mtu) for p in ctx.ports)
+    ports = tuple(PortSpec(p.index, p.address, p.mtu, mac=p.mac) for p in ctx.ports)
     try:
         spec = InstanceSpec(
             name=name,
