@@ -25,6 +25,7 @@ from .describe import (
     build_plan,
     chain,
     default_registry,
+    load_kathara,
     load_lab,
     register_kind,
     save_lab,
@@ -47,6 +48,7 @@ __all__ = [
     "chain",
     "default_registry",
     "load_lab",
+    "load_kathara",
     "register_kind",
     "save_lab",
 ]

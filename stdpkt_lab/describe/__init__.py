@@ -44,6 +44,9 @@ from .kinds import (
     script_kind,
     sh,
 )
+from .devices import CollisionDomain, KatharaDevice
+from .frr import Frr
+from .kathara import KatharaWarning, load_kathara
 from .labfile import load_lab, save_lab
 from .plan import NODE_ATTRIBUTES, ChainPlan, LinkPlan, NodePlan, build_plan
 
@@ -72,6 +75,11 @@ __all__ = [
     "Script",
     "load_lab",
     "save_lab",
+    "load_kathara",
+    "KatharaWarning",
+    "KatharaDevice",
+    "CollisionDomain",
+    "Frr",
     "chain",
     "linear_order",
 ]

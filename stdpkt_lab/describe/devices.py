@@ -54,8 +54,10 @@ def _sysctls(value: Any) -> dict[str, str]:
     return out
 
 
-def _write_sysctl(key: str, value: str) -> str:
+def _write_sysctl(key: str, value: str, *, quiet: bool = False) -> str:
     path = "/proc/sys/" + key.replace(".", "/")
+    if quiet:  # absent (IPv6 not loaded): nothing to turn off
+        return f"[ -e {path} ] && echo {shlex.quote(value)} > {path} 2>/dev/null\n"
     return (f"[ -e {path} ] && echo {shlex.quote(value)} > {path} 2>/dev/null || "
             f"echo {shlex.quote(f'@@STDPKT WARN sysctl {key}={value} could not be set')}\n")
 
@@ -127,18 +129,22 @@ class KatharaDevice(NFKind):
         }
         for port in ctx.ports:
             defaults[f"net.ipv4.conf.{port.device}.rp_filter"] = "0"
+        quiet: set[str] = set()
         if p["ipv6"]:
+            out.append("modprobe ipv6 2>/dev/null\n")
             defaults.update({"net.ipv6.conf.all.disable_ipv6": "0",
                              "net.ipv6.conf.default.disable_ipv6": "0",
                              "net.ipv6.conf.all.forwarding": "1",
                              "net.ipv6.conf.all.accept_ra": "0",
                              "net.ipv6.icmp.ratelimit": "0"})
         else:
+            quiet = {"net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6",
+                     "net.ipv6.conf.all.forwarding"}
             defaults.update({"net.ipv6.conf.all.disable_ipv6": "1",
                              "net.ipv6.conf.default.disable_ipv6": "1",
                              "net.ipv6.conf.all.forwarding": "0"})
         defaults.update(p["sysctl"] or {})
-        out += [_write_sysctl(k, v) for k, v in defaults.items()]
+        out += [_write_sysctl(k, v, quiet=k in quiet) for k, v in defaults.items()]
         out.append(service_shims())
         out.append("[ -d /etc/frr ] && { chown -R frr:frr /etc/frr; chmod 640 /etc/frr/*; } 2>/dev/null\n")
         out.append("[ -d /var/www ] && chmod -R 777 /var/www/* 2>/dev/null\n")

@@ -31,18 +31,18 @@ _MOVED = ("/proc", "/sys", "/dev", "/run", "/tmp", "/root", "/var/lib", "/var/lo
 
 def writable_root() -> str:
     """Set-up text: the root becomes an overlay (host root below, guest tmpfs above)."""
-    moves = "; ".join(f"mount --move {m} /mnt/new{m}" for m in _MOVED)
+    moves = "; ".join(f"mount -n --move {m} /mnt/new{m}" for m in _MOVED)
     return (
         "# writable root: overlayfs (lower: the host root, read-only; upper: guest tmpfs)\n"
         "if ! grep -q ' / overlay ' /proc/mounts; then\n"
         "  modprobe overlay\n"
-        "  umount /etc/hosts 2>/dev/null\n"
-        "  mount -t tmpfs -o mode=755 stdpkt-root /mnt &&\n"
+        "  umount -n /etc/hosts 2>/dev/null\n"
+        "  mount -n -t tmpfs -o mode=755 stdpkt-root /mnt &&\n"
         "  mkdir -p /mnt/upper /mnt/work /mnt/new &&\n"
-        "  mount -t overlay -o lowerdir=/,upperdir=/mnt/upper,workdir=/mnt/work stdpkt-root /mnt/new &&\n"
-        f"  {{ {moves}; }} &&\n"
+        "  mount -n -t overlay -o lowerdir=/,upperdir=/mnt/upper,workdir=/mnt/work stdpkt-root /mnt/new &&\n"
+        f"  {{ {moves}; true; }} &&\n"
         "  cd /mnt/new && mkdir -p .oldroot && pivot_root . .oldroot && cd / &&\n"
-        "  umount -l /.oldroot && rmdir /.oldroot ||\n"
+        "  umount -n -l /.oldroot && rmdir /.oldroot ||\n"
         "  echo '@@STDPKT WARN writable root failed: the root stays read-only'\n"
         "  [ -f /run/stdpkt/host/hosts ] && cat /run/stdpkt/host/hosts > /etc/hosts\n"
         "fi\n"
