@@ -81,6 +81,17 @@ class Frr(NFKind):
             return str(ctx.params["config"])
         lines = [f"hostname {ctx.name}", "log file /var/log/frr/frr.log", "!"]
         if ctx.params["ospf"]:
+            # interfaces first: their timers must hold before OSPF starts on them (else the
+            # 40 s default wait timer runs); a direct link to one router is point-to-point
+            # (no DR election, adjacency in about a second)
+            for port in ctx.ports:
+                if port.address is None:
+                    continue
+                lines += [f"interface {port.device}", " ip ospf hello-interval 1",
+                          " ip ospf dead-interval 4"]
+                if not ctx.kinds[port.neighbour].transparent:
+                    lines.append(" ip ospf network point-to-point")
+                lines.append("!")
             rid = ctx.params["router_id"] or (str(ctx.address(ctx.name) or ""))
             lines.append("router ospf")
             if rid:
@@ -93,10 +104,6 @@ class Frr(NFKind):
                 if port.device in passive or port.neighbour in passive:
                     lines.append(f" passive-interface {port.device}")
             lines.append("!")
-            for port in ctx.ports:  # fast convergence: hello 1 s, dead 4 s
-                if port.address is not None:
-                    lines += [f"interface {port.device}", " ip ospf hello-interval 1",
-                              " ip ospf dead-interval 4", "!"]
         return "\n".join(lines) + "\n"
 
     def setup(self, ctx: KindContext) -> str:
