@@ -25,7 +25,7 @@ PROGRAMS = {
     # preloaded into linux.uml on hosts with a large XSAVE area (AVX-512, AMX): see the source
     "stdpkt-xstate.so": ("lkl/xstate-shim.c", ["-shared", "-fPIC", "-ldl"]),
 }
-DATA = ["lkl/init.sh", "lkl/boot-profile"]
+DATA = ["lkl/init.sh", "lkl/boot-profile", "lkl/guest-bin/stdpkt-service"]
 
 
 class BuildWithGuestPrograms(build_ext):

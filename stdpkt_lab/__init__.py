@@ -14,7 +14,7 @@ Describe a chain as a networkx graph, then run it::
 
 from __future__ import annotations
 
-from . import errors
+from . import check, errors
 from .describe import (
     ChainPlan,
     KindRegistry,
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "errors",
+    "check",
     "Lab",
     "LabState",
     "ChainPlan",

@@ -34,6 +34,9 @@ from .catalogue import (
     Script,
     default_registry,
 )
+from .devices import CollisionDomain, KatharaDevice
+from .frr import Frr
+from .kathara import KatharaWarning, load_kathara
 from .kinds import (
     KindContext,
     KindRegistry,
@@ -44,9 +47,6 @@ from .kinds import (
     script_kind,
     sh,
 )
-from .devices import CollisionDomain, KatharaDevice
-from .frr import Frr
-from .kathara import KatharaWarning, load_kathara
 from .labfile import load_lab, save_lab
 from .plan import NODE_ATTRIBUTES, ChainPlan, LinkPlan, NodePlan, build_plan
 
