@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="check that this host can run instances")
     check.set_defaults(func=cmd_check)
+    from .cli_lab import add_lab_parser  # --- classroom labs: stdpkt lab ... ---
+
+    add_lab_parser(sub)
     return parser
 
 
