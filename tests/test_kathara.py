@@ -219,3 +219,24 @@ def test_frr_kind_in_a_graph_learns_routes_by_ospf() -> None:
         assert re.search(r"O>\* \S+ \[110/\d+\] via", lab.exec("r1", "vtysh -c 'show ip route ospf'").stdout)
         # /etc/frr, /var/log/frr and /var/tmp are writable; crash logs dir made
         assert lab.exec("r2", "touch /etc/frr/x /var/log/frr/x /var/tmp/frr/x").returncode == 0
+
+
+@pytest.mark.uml
+def test_services_of_kathara_images_through_systemctl_and_service() -> None:
+    g = sl.load_kathara(LABS / "services")
+    with sl.Lab(g, progress=False) as lab:
+        # apache2 (systemctl start) serves the overlay's /var/www/html
+        r = lab.exec("pc", "wget -qO- -T 5 http://10.5.0.1/")
+        assert r.stdout == "served by apache2 from /var/www/html\n", r
+        # bind9 (service bind9 start) answers for its default localhost zone
+        r = lab.exec("pc", "busybox nslookup -type=a localhost 10.5.0.1")
+        assert re.search(r"Address:\s*127\.0\.0\.1", r.stdout), r
+        # dnsmasq honours the overlay's /etc/dnsmasq.conf
+        r = lab.exec("pc", "busybox nslookup -type=a test.lab 10.5.0.2")
+        assert "10.5.0.9" in r.stdout, r
+        assert lab.exec("srv", "systemctl is-active apache2 bind9").stdout.split() == ["active", "active"]
+        # a unit the host lacks says so, with systemctl's status 5
+        r = lab.exec("pc", "systemctl start nosuchd")
+        assert r.returncode == 5 and "not available on this host" in r.stderr
+        assert lab.exec("srv", "service apache2 stop").returncode == 0
+        assert lab.exec("srv", "service apache2 status").returncode == 3
