@@ -240,3 +240,16 @@ def test_services_of_kathara_images_through_systemctl_and_service() -> None:
         assert r.returncode == 5 and "not available on this host" in r.stderr
         assert lab.exec("srv", "service apache2 stop").returncode == 0
         assert lab.exec("srv", "service apache2 status").returncode == 3
+
+
+@pytest.mark.uml
+def test_netkit_quagga_lab_runs_on_frr() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KatharaWarning)
+        g = sl.load_kathara(LABS / "rip-quagga")
+    with sl.Lab(g, progress=False) as lab:
+        # /etc/init.d/quagga start in the startup; /etc/quagga/{daemons,zebra.conf,ripd.conf} honoured
+        wait_for(lab, "r1", "ip route show 10.30.2.0/24", r"via 10\.30\.0\.2 .*proto rip", timeout=60)
+        assert lab.exec("r1", "ping -c 1 -W 3 10.30.2.1").returncode == 0
+        ps = lab.exec("r2", "ps ax").stdout
+        assert "/usr/lib/frr/ripd" in ps and "/usr/lib/frr/ospfd" not in ps

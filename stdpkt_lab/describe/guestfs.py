@@ -78,6 +78,9 @@ def service_shims() -> str:
         "# systemctl / service without systemd (lkl/guest-bin/stdpkt-service)\n"
         + heredoc(target, _shim_text(), mode="755")
         + f"ln -sf {target} {SHIM_DIR}/systemctl; ln -sf {target} {SHIM_DIR}/service\n"
+        # Netkit-era startups call /etc/init.d/quagga or /etc/init.d/zebra (writable root only)
+        + "if grep -q ' / overlay ' /proc/mounts; then for s in quagga zebra; do\n"
+        + f"  [ -e /etc/init.d/$s ] || ln -s {target} /etc/init.d/$s; done; fi\n"
     )
 
 
