@@ -377,5 +377,5 @@ def _entry(file: Path, number: int, item: Any) -> Check:
     keywords = {a: args[a] for a in optional if a in args}
     try:
         return fn(*(str(v) if not isinstance(v, int) else v for v in positional), hint=hint, **keywords)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         raise ConfigError(f"{where}: {kind}: {exc}") from None
