@@ -434,7 +434,7 @@ VALIDATION_CASES = [
         [
             "unknown kind 'firewal'",
             "did you mean 'firewall'",
-            "known kinds: bridge, firewall, host",
+            "known kinds: bridge, domain, firewall, frr, host",
         ],
     ),
     ("missing kind", lambda g: g.nodes["client"].pop("kind"), "client", ["no kind="]),
