@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from ..engine.paths import lkl_dir
+from ..engine.paths import helper, lkl_dir
 from ..errors import EnvironmentProblem
 
 __all__ = ["writable_root", "service_shims", "heredoc", "SHIM_DIR"]
@@ -29,12 +29,27 @@ SHIM_DIR = "/run/stdpkt/bin"
 _MOVED = ("/proc", "/sys", "/dev", "/run", "/tmp", "/root", "/var/lib", "/var/log")
 
 
+def _rootswitch() -> str | None:
+    """Host path of stdpkt-rootswitch (lkl/rootswitch.c) if built."""
+    try:
+        return helper("stdpkt-rootswitch")
+    except EnvironmentProblem:
+        return None
+
+
 def writable_root() -> str:
-    """Set-up text: the root becomes an overlay (host root below, guest tmpfs above)."""
+    """Set-up text: the root becomes an overlay (host root below, guest tmpfs above).
+
+    ``stdpkt-rootswitch`` does it with system calls (~1.4 s less per instance under
+    ptrace); the shell steps below are its fallback when the guest cannot reach it (a
+    checkout under /tmp, say, which the guest's own tmpfs hides)."""
     moves = "; ".join(f"mount -n --move {m} /mnt/new{m}" for m in _MOVED)
+    fast = _rootswitch()
+    first = f"[ -x {fast} ] && {fast} ||\n" if fast else ""
     return (
         "# writable root: overlayfs (lower: the host root, read-only; upper: guest tmpfs)\n"
-        "if ! grep -q ' / overlay ' /proc/mounts; then\n"
+        + first
+        + "if ! grep -q ' / overlay ' /proc/mounts; then\n"
         "  modprobe overlay\n"
         "  umount -n /etc/hosts 2>/dev/null\n"
         "  mount -n -t tmpfs -o mode=755 stdpkt-root /mnt &&\n"
