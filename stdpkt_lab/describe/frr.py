@@ -8,8 +8,7 @@
 The instance gets a writable root (:mod:`~stdpkt_lab.describe.guestfs`), so
 ``/etc/frr``, ``/var/run/frr``, ``/var/log/frr`` and ``/var/tmp`` are writable; its
 ``/etc/frr/daemons`` turns on the daemons the configuration needs, and ``systemctl
-start frr`` (Debian's ``frrinit.sh``, through the ``systemctl`` shim) starts them under
-watchfrr.  ``lab.exec("r1", "vtysh -c 'show ip ospf neighbor'")`` works.  With
+start frr`` (the ``systemctl`` shim, lkl/guest-bin/stdpkt-service) starts them.  ``lab.exec("r1", "vtysh -c 'show ip ospf neighbor'")`` works.  With
 ``ospf=True`` the static routes derived from the graph are removed before the daemons
 start (OSPF is to learn them); ``keep_static=True`` keeps them.
 """
