@@ -8,9 +8,10 @@
 The instance gets a writable root (:mod:`~stdpkt_lab.describe.guestfs`), so
 ``/etc/frr``, ``/var/run/frr``, ``/var/log/frr`` and ``/var/tmp`` are writable; its
 ``/etc/frr/daemons`` turns on the daemons the configuration needs, and ``systemctl
-start frr`` (the ``systemctl`` shim, lkl/guest-bin/stdpkt-service) starts them.  ``lab.exec("r1", "vtysh -c 'show ip ospf neighbor'")`` works.  With
-``ospf=True`` the static routes derived from the graph are removed before the daemons
-start (OSPF is to learn them); ``keep_static=True`` keeps them.
+start frr`` (the ``systemctl`` shim, lkl/guest-bin/stdpkt-service) starts them.
+``lab.exec("r1", "vtysh -c 'show ip ospf neighbor'")`` works.  With ``ospf=True`` the
+static routes derived from the graph are removed before the daemons start (OSPF is to
+learn them); ``keep_static=True`` keeps them.
 """
 
 from __future__ import annotations

@@ -341,11 +341,12 @@ def load_kathara(path: str | Path) -> nx.Graph:
     lab = parse_lab_conf(path)
     folder = lab.path
     conf = str(folder / "lab.conf")
-    reserved = {"shared", "_test", "lab"}
+    reserved = {"shared", "_test"}
     for entry in sorted(folder.iterdir()):
+        # as Kathará's LabParser: with a lab.conf, only its devices start
         if entry.is_dir() and entry.name not in lab.devices and entry.name not in reserved \
-                and not entry.name.startswith((".", "_")) and re.match(r"^[a-z0-9_]{1,30}$", entry.name):
-            lab.devices[entry.name] = Device(entry.name, 0)  # Kathará starts folder-only devices too
+                and not entry.name.startswith("."):
+            _warn(lab.warnings, f"{folder / entry.name}/: not a device of lab.conf (ignored)")
     g = nx.Graph()
     shared_startup = _read(folder, "shared.startup")
     shared_shutdown = _read(folder, "shared.shutdown")
