@@ -5,7 +5,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stdpkt-installed
-SOURCES := pyproject.toml setup.py $(wildcard lkl/*.c lkl/init.sh lkl/boot-profile stdpkt_lab/relay/*.c stdpkt_lab/relay/*.h stdpkt_lab/relay/_build_relay.py)
+SOURCES := pyproject.toml setup.py $(wildcard lkl/*.c lkl/init.sh lkl/boot-profile lkl/guest-bin/* stdpkt_lab/relay/*.c stdpkt_lab/relay/*.h stdpkt_lab/relay/_build_relay.py)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lab bench clean system-packages

@@ -23,10 +23,11 @@ PROGRAMS = {
     "stdpkt-agent": ("lkl/agent.c", ["-static"]),
     "stdpkt-init": ("lkl/init.c", ["-static"]),  # the fast guest init (init.sh's twin)
     "stdpkt-blast": ("lkl/blast.c", ["-static"]),  # io_uring TCP sender/receiver (goodput bench)
+    "stdpkt-rootswitch": ("lkl/rootswitch.c", ["-static"]),  # writable root (kathara, frr kinds)
     # preloaded into linux.uml on hosts with a large XSAVE area (AVX-512, AMX): see the source
     "stdpkt-xstate.so": ("lkl/xstate-shim.c", ["-shared", "-fPIC", "-ldl"]),
 }
-DATA = ["lkl/init.sh", "lkl/boot-profile"]
+DATA = ["lkl/init.sh", "lkl/boot-profile", "lkl/guest-bin/stdpkt-service"]
 
 
 class BuildWithGuestPrograms(build_ext):

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages stdpkt-lab needs (idempotent). As root: apt-get.
 # Not root: check, and name what is missing.
-PKGS="user-mode-linux uml-utilities iproute2 iptables nftables conntrack ipvsadm iperf3 ethtool tcpdump curl wget netcat-openbsd busybox iputils-ping kmod procps gcc libc6-dev python3-venv chromium nodejs"
+PKGS="user-mode-linux uml-utilities iproute2 iptables nftables conntrack ipvsadm iperf3 ethtool tcpdump curl wget netcat-openbsd busybox iputils-ping kmod procps gcc libc6-dev python3-venv chromium nodejs frr apache2 bind9 dnsmasq net-tools"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -12,6 +12,12 @@ command -v npm >/dev/null 2>&1 || missing="$missing npm"
 if [ "$(id -u)" = 0 ]; then
     echo "installing:$missing"
     export DEBIAN_FRONTEND=noninteractive
+    # frr, apache2, bind9, dnsmasq are for the guests (Kathará labs): keep their services
+    # from starting on the host while they are installed
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing
 else
     echo "stdpkt-lab needs these Debian packages, which are missing:$missing" >&2

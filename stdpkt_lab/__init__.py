@@ -14,7 +14,7 @@ Describe a chain as a networkx graph, then run it::
 
 from __future__ import annotations
 
-from . import errors
+from . import check, errors
 from .describe import (
     ChainPlan,
     KindRegistry,
@@ -25,6 +25,7 @@ from .describe import (
     build_plan,
     chain,
     default_registry,
+    load_kathara,
     load_lab,
     register_kind,
     save_lab,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "errors",
+    "check",
     "Lab",
     "LabState",
     "ChainPlan",
@@ -47,6 +49,7 @@ __all__ = [
     "chain",
     "default_registry",
     "load_lab",
+    "load_kathara",
     "register_kind",
     "save_lab",
 ]

@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_control import add_control_commands
 
     add_control_commands(sub)
+
+    from .cli_lab import add_lab_parser  # --- classroom labs: stdpkt lab ... ---
+
+    add_lab_parser(sub)
     return parser
 
 

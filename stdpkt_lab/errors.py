@@ -6,6 +6,7 @@ Every error the library raises on purpose is a :class:`StdpktError`::
     ├── ConfigError            bad user input, found before anything starts
     │   ├── VariableError      a paper variable (IFn, IPn, NETMASKn, MTUn, GATEWAY) is malformed
     │   ├── ChainError         a chain graph is invalid (unknown kind, missing parameter, bad shape)
+    │   │   └── LabConfError   a Netkit/Kathará lab folder is malformed (names file and line)
     │   └── LabFileError       a lab file cannot be read or is malformed
     ├── EnvironmentProblem     the host lacks something (linux.uml, a package, a writable temp dir)
     ├── PcapError              a pcap stream or file is malformed
@@ -33,6 +34,7 @@ __all__ = [
     "VariableError",
     "ChainError",
     "LabFileError",
+    "LabConfError",
     "EnvironmentProblem",
     "PcapError",
     "InstanceError",
@@ -83,6 +85,16 @@ class ChainError(ConfigError):
     def __init__(self, message: str, *, node: str | None = None, hint: str | None = None) -> None:
         self.node = node
         super().__init__(f"node {node!r}: {message}" if node is not None else message, hint=hint)
+
+
+class LabConfError(ChainError):
+    """A Netkit/Kathará lab (lab.conf, lab.dep, a device folder) is malformed."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        where = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+        super().__init__(where + message)
 
 
 class LabFileError(ConfigError):

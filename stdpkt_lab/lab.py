@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .describe import ChainPlan, build_plan
+from .describe.startorder import start_waves, stop_actions
 from .engine.instance import Instance
 from .engine.links import Link
 from .engine.ownership import remove_run_dir
@@ -85,6 +86,8 @@ class Lab:
         self.plan: ChainPlan = build_plan(graph, registry=registry)
         self._registry = registry
         self._live: LiveChains | None = None
+        self._waves = start_waves(self.plan.graph)  # --- start order / stop actions ---
+        self._on_stop = stop_actions(self.plan.graph)
         self.boot_timeout = boot_timeout
         self.progress = progress
         self._trace = (trace_slots, trace_snap)
@@ -147,17 +150,19 @@ class Lab:
             self._state = LabState.STARTING
         try:
             self._run_root = make_run_root(prefix="stdpkt-lab-", need_bytes=len(self.plan.nodes) << 26)
-            for name, node in self.plan.nodes.items():  # stage 1: spawn every kernel
-                instance = Instance(node.spec, run_root=self._run_root)
-                self._instances[name] = instance
-                instance.start()
             slots, snap = self._trace
-            for lp in self.plan.links:  # stage 2: join ports (frames wait in the sockets)
-                link = Link(self._instances[lp.a], lp.a_port, self._instances[lp.b], lp.b_port,
-                            trace_slots=slots, trace_snap=snap, on_end=self._link_ended)
-                self._links.append(link)
-                link.start()
-            self._wait_booted()  # stage 3: every guest configured and answering
+            for wave in self._waves:  # one wave unless the graph declares a start order
+                for name in wave:  # stage 1: spawn every kernel
+                    instance = Instance(self.plan.nodes[name].spec, run_root=self._run_root)
+                    self._instances[name] = instance
+                    instance.start()
+                for lp in self.plan.links:  # stage 2: join ports (frames wait in the sockets)
+                    if (lp.a in wave or lp.b in wave) and lp.a in self._instances and lp.b in self._instances:
+                        link = Link(self._instances[lp.a], lp.a_port, self._instances[lp.b], lp.b_port,
+                                    trace_slots=slots, trace_snap=snap, on_end=self._link_ended)
+                        self._links.append(link)
+                        link.start()
+                self._wait_booted()  # stage 3: every guest configured and answering
             self._state = LabState.RUNNING
             if self._sample_hz:
                 self.sampler.start()  # stage 4: counters
@@ -192,7 +197,10 @@ class Lab:
             if self._state in (LabState.STOPPED, LabState.CREATED):
                 self._state = LabState.STOPPED
                 return
+            running = self._state is LabState.RUNNING
             self._state = LabState.STOPPED
+        if running and self._on_stop:
+            self._run_stop_actions()
         self._teardown()
 
     def _teardown(self) -> None:
@@ -488,6 +496,21 @@ class Lab:
     def unsteer(self, rule: Any) -> None:
         """Remove a steering rule (its established flows fall back to the default path)."""
         self.live.unsteer(rule)
+
+    # --- start order / stop actions (Kathará lab.dep, DEV.shutdown) ---
+    def _run_stop_actions(self) -> None:
+        """Run ``g.graph["on_stop"]`` commands in their nodes (concurrently, 30 s each)."""
+        def run(item: tuple[str, str]) -> None:
+            instance = self._instances.get(item[0])
+            if instance is None or instance.state.value != "running":
+                return
+            try:
+                instance.exec(item[1], timeout=30)
+            except Exception as exc:  # a failing shutdown script must not stop the teardown
+                self.events.append((time.time(), f"{item[0]}: stop action failed: {exc}"))
+
+        with ThreadPoolExecutor(max_workers=min(8, len(self._on_stop))) as pool:
+            list(pool.map(run, self._on_stop.items()))
 
 
 def _parse_iptables_save(text: str) -> list[dict[str, Any]]:

@@ -434,7 +434,7 @@ VALIDATION_CASES = [
         [
             "unknown kind 'firewal'",
             "did you mean 'firewall'",
-            "known kinds: bridge, filter, firewall, host",
+            "known kinds: bridge, domain, filter, firewall, frr, host",
         ],
     ),
     ("missing kind", lambda g: g.nodes["client"].pop("kind"), "client", ["no kind="]),

@@ -20,7 +20,8 @@ import pytest
 from .conftest import REPO
 
 NOTEBOOKS = REPO / "notebooks"
-BOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+BOOKS = sorted(p.relative_to(NOTEBOOKS).as_posix()
+               for p in [*NOTEBOOKS.glob("*.ipynb"), *NOTEBOOKS.glob("exercises/*.ipynb")])
 
 
 def test_notebooks_are_stored_without_outputs() -> None:
@@ -87,6 +88,12 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path) -> None:
         assert "FAIL  task 1" in text and "hint:" in text and "PASS: the chain is repaired" not in text
     if name == "04-exercise-solutions.ipynb":
         assert "PASS  task 1" in text and "PASS  task 2" in text and "PASS: the chain is repaired" in text
+    if name.startswith("exercises/"):  # --- classroom exercises: broken ones FAIL with a hint ---
+        if name.endswith("-solution.ipynb"):
+            assert re.search(r"^PASS: (\d+)/\1 checks passed", text, re.M), text[-2000:]
+        else:
+            assert re.search(r"^FAIL: \d+/\d+ checks passed", text, re.M), text[-2000:]
+            assert re.search(r"FAIL\s+\S.*\s{2}\S", text), "a failing check shows its hint"
 
 
 # ---------------------------------------------------------------- unprivileged (Binder-like)

@@ -34,6 +34,9 @@ from .catalogue import (
     Script,
     default_registry,
 )
+from .devices import CollisionDomain, KatharaDevice
+from .frr import Frr
+from .kathara import KatharaWarning, load_kathara
 from .kinds import (
     KindContext,
     KindRegistry,
@@ -72,6 +75,11 @@ __all__ = [
     "Script",
     "load_lab",
     "save_lab",
+    "load_kathara",
+    "KatharaWarning",
+    "KatharaDevice",
+    "CollisionDomain",
+    "Frr",
     "chain",
     "linear_order",
 ]

@@ -19,6 +19,12 @@ Rules (what a user can rely on):
   that end of that link; two equal addresses on a segment are an error naming
   both nodes.
 * **MTU.** ``mtu=`` on an edge sets both ends' MTU (default 1500).
+* **Interface numbers and MACs.** ``ports={"r1": 2}`` on an edge makes that
+  end ``eth2`` of ``r1`` (a node's other ports fill the free numbers in link
+  order; numbers must stay 0..n-1); ``mac={"r1": "02:00:00:00:00:01"}`` fixes
+  that end's MAC address (else the kernel picks one).
+* **Unaddressed nodes** (kinds with ``addressed = False``, e.g. imported
+  Kathará devices that configure themselves) get ports but no derived address.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class Port:
     segment: int
     address: IPv4Interface | None
     mtu: int
+    mac: str | None = None
 
     @property
     def device(self) -> str:
@@ -104,6 +111,44 @@ def _parse_mtu(link: RawLink) -> int:
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= MAX_MTU:
         raise ChainError(f"{link_name(link)}: mtu {mtu!r} is not an integer in 68..{MAX_MTU}")
     return mtu
+
+
+def _end_map(link: RawLink, key: str) -> Mapping[str, Any]:
+    value = link.attrs.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or any(end not in (link.a, link.b) for end in value):
+        raise ChainError(
+            f"{link_name(link)}: {key} must map an end of the link ({link.a!r} or {link.b!r}) "
+            f"to a value; got {value!r}"
+        )
+    return value
+
+
+def _order_ports(node: str, indices: list[int], links: Sequence[RawLink]) -> list[int]:
+    """``indices`` (link numbers of ``node``'s ports) reordered by explicit ``ports=`` numbers."""
+    fixed: dict[int, int] = {}
+    for li in indices:
+        want = _end_map(links[li], "ports").get(node)
+        if want is None:
+            continue
+        if isinstance(want, bool) or not isinstance(want, int) or not 0 <= want < len(indices):
+            raise ChainError(
+                f"{link_name(links[li])}: ports[{node!r}]={want!r} is not an interface number "
+                f"0..{len(indices) - 1} (the node has {len(indices)} links)",
+                node=node,
+            )
+        if want in fixed:
+            raise ChainError(
+                f"eth{want} given to two links: {link_name(links[fixed[want]])} and "
+                f"{link_name(links[li])}",
+                node=node,
+            )
+        fixed[want] = li
+    if not fixed:
+        return indices
+    rest = iter(li for li in indices if li not in fixed.values())
+    return [fixed[i] if i in fixed else next(rest) for i in range(len(indices))]
 
 
 def _parse_subnet(link: RawLink) -> IPv4Network | None:
@@ -174,12 +219,15 @@ def assign_addresses(
     forwarding: Collection[str],
     pool: IPv4Network,
     prefixlen: int,
+    unaddressed: Collection[str] = (),
 ) -> Addressing:
     """Number ports, group links into segments, give segments subnets and ports addresses."""
     port_links: dict[str, list[int]] = {n: [] for n in nodes}
     for i, link in enumerate(links):
         port_links[link.a].append(i)
         port_links[link.b].append(i)
+    for node in nodes:
+        port_links[node] = _order_ports(node, port_links[node], links)
 
     uf = _Segments(len(links))
     for node in transparent:
@@ -200,7 +248,8 @@ def assign_addresses(
     for k, ls in enumerate(seg_links):
         members_of.append(
             _address_segment(
-                k, ls, links, subnets[k], port_links, transparent, forwarding, addresses
+                k, ls, links, subnets[k], port_links, transparent, forwarding, addresses,
+                unaddressed,
             )
         )
 
@@ -218,6 +267,7 @@ def assign_addresses(
                     segment=seg_of_link[li],
                     address=addresses.get((node, index)),
                     mtu=_parse_mtu(link),
+                    mac=_parse_mac(link, node),
                 )
             )
         ports[node] = tuple(built)
@@ -225,6 +275,21 @@ def assign_addresses(
         Segment(k, subnets[k], tuple(ls), members_of[k]) for k, ls in enumerate(seg_links)
     )
     return Addressing(ports, segments)
+
+
+def _parse_mac(link: RawLink, node: str) -> str | None:
+    value = _end_map(link, "mac").get(node)
+    if value is None:
+        return None
+    text = str(value).lower()
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p)
+                                  for p in parts):
+        raise ChainError(f"{link_name(link)}: MAC {value!r} is not six hex bytes a:b:c:d:e:f",
+                         node=node)
+    if int(parts[0], 16) & 1:
+        raise ChainError(f"{link_name(link)}: MAC {value!r} is a multicast address", node=node)
+    return text
 
 
 def _check_l2_loops(
@@ -309,6 +374,7 @@ def _address_segment(
     transparent: Collection[str],
     forwarding: Collection[str],
     out: dict[tuple[str, int], IPv4Interface],
+    unaddressed: Collection[str] = (),
 ) -> tuple[tuple[str, int], ...]:
     ends: list[tuple[str, int]] = []  # (node, port) in link order, a before b
     fixed: dict[tuple[str, int], IPv4Address] = {}
@@ -316,7 +382,7 @@ def _address_segment(
         link = links[i]
         given = _parse_addr(link, transparent)
         for end in (link.a, link.b):
-            if end in transparent:
+            if end in transparent or end in unaddressed:
                 continue
             key = (end, port_links[end].index(i))
             ends.append(key)

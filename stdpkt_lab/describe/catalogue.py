@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from .devices import CollisionDomain, KatharaDevice
+from .frr import Frr
 from .ipvs import LoadBalancer
 from .kinds import KindContext, KindRegistry, NFKind, Param, ScriptKind, sh, str_list
 from .netfilter import Firewall, Nat
@@ -176,7 +178,9 @@ class Script(ScriptKind):
 
 
 CATALOGUE: tuple[type[NFKind], ...] = (
-    Host, Router, Nat, Firewall, LoadBalancer, Bridge, Filter, Script)
+    Host, Router, Nat, Firewall, LoadBalancer, Bridge, Filter, Script,
+    Frr, KatharaDevice, CollisionDomain,  # routing daemons; imported Kathará labs
+)
 
 #: The registry ``build_plan`` uses unless given another (``default_registry.copy()``
 #: gives a private one to extend).

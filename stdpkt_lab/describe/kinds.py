@@ -215,6 +215,8 @@ class NFKind:
     transit: ClassVar[bool] = True
     #: Layer 2 only: no addresses, and its links form one segment.
     transparent: ClassVar[bool] = False
+    #: Gets derived addresses on its ports (False: the instance configures its own).
+    addressed: ClassVar[bool] = True
     #: Parameters named like environment variables (``UPPER_CASE``) beyond ``params`` are accepted.
     env_params: ClassVar[bool] = False
     mem_mb: ClassVar[int] = 128

@@ -11,7 +11,8 @@ Graph conventions:
   every node) and the drawing attributes ``label``/``pos``, which are ignored.
 * Every edge is a link (direction in a DiGraph is ignored; ``a→b`` plus
   ``b→a`` is one link).  Edges may carry ``subnet=``, ``mtu=`` and
-  ``addr={end: "10.0.0.2[/24]"}`` — see :mod:`~stdpkt_lab.describe.addressing` — and
+  ``addr={end: "10.0.0.2[/24]"}``, ``ports={end: N}`` (that end is ``ethN``),
+  ``mac={end: "02:..."}`` — see :mod:`~stdpkt_lab.describe.addressing` — and
   link conditions (``delay=``, ``jitter=``, ``loss=``, ``rate=``, ``reorder=``,
   ``duplicate=``, ``corrupt=``, ``limit=``; ``egress={end: {...}}`` for one
   direction) — see :mod:`~stdpkt_lab.describe.conditions`.
@@ -197,6 +198,7 @@ def build_plan(
         forwarding={n for n in names if kinds[n].transit},
         pool=net,
         prefixlen=prefixlen,
+        unaddressed={n for n in names if not kinds[n].addressed},
     )
     l3 = L3Graph(
         [n for n in names if not kinds[n].transparent],
@@ -397,7 +399,7 @@ def _node_plan(
     ipv6 = attrs.get("ipv6", ipv6_default)
     if not isinstance(ipv6, bool):
         raise ctx.error(f"ipv6 must be True or False, got {ipv6!r}")
-    ports = tuple(PortSpec(p.index, p.address, p.mtu) for p in ctx.ports)
+    ports = tuple(PortSpec(p.index, p.address, p.mtu, mac=p.mac) for p in ctx.ports)
     try:
         spec = InstanceSpec(
             name=name,

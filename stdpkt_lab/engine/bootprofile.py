@@ -21,6 +21,7 @@ class VectorPort:
     mtu: int = 1500
     tap: str | None = None
     depth: int = 512  # TX queue depth: 64 (the default) drops frames at MTU 1500
+    mac: str | None = None  # fixed MAC (the vector driver's mac= option); None: random
 
 
 @lru_cache(maxsize=4)
@@ -76,6 +77,8 @@ def kernel_args(
             opts = f"transport=fd,fd={port.fd},depth={port.depth}"
         if port.mtu != 1500:
             opts += f",mtu={port.mtu}"
+        if port.mac is not None:
+            opts += f",mac={port.mac}"
         args.append(f"vec{index}:{opts}")
     args += [f"uml_dir={uml_dir}", f"umid={umid}", *extra]
     return args

@@ -378,12 +378,12 @@ class Instance:
             ports: list[bootprofile.VectorPort] = []
             for port in spec.ports:
                 if port.tap is not None:
-                    ports.append(bootprofile.VectorPort(mtu=port.mtu, tap=port.tap))
+                    ports.append(bootprofile.VectorPort(mtu=port.mtu, tap=port.tap, mac=port.mac))
                     self._host_ports.append(None)
                     continue
                 if port.fd is not None:  # the caller's socket: the kernel gets a duplicate
                     guest_fds.append(os.dup(port.fd))
-                    ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu))
+                    ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu, mac=port.mac))
                     self._host_ports.append(None)
                     continue
                 host_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -391,7 +391,7 @@ class Instance:
                 grow_socket_buffers(guest_end)
                 self._host_ports.append(host_end)
                 guest_fds.append(guest_end.detach())
-                ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu))
+                ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu, mac=port.mac))
             cons_r, cons_w = os.pipe()
             self._fds.append(cons_r)
             guest_fds.append(cons_w)
@@ -603,6 +603,8 @@ def _pool_mismatch(blank: InstanceSpec, spec: InstanceSpec) -> str:
     for mine, theirs in zip(spec.ports, blank.ports, strict=True):
         if mine.tap is not None or mine.fd is not None:
             return f"{mine.device} is a tap or a caller's socket (pooled ports are socketpairs)"
+        if mine.mac is not None:
+            return f"{mine.device} has a fixed MAC (pooled ports got theirs at boot)"
         if mine.mtu != theirs.mtu:
             return f"{mine.device} MTU {mine.mtu}, the pool's is {theirs.mtu}"
     if spec.mem_mb != blank.mem_mb:

@@ -14,6 +14,7 @@ MAX_PORTS = 8
 #: Largest MTU the UML vector driver accepts (65535 is silently ignored: uml-facts.md).
 MAX_MTU = 65534
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class PortSpec:
     mtu: int = 1500
     tap: str | None = None
     fd: int | None = None
+    #: Fixed MAC address (``"02:00:00:00:00:01"``); None lets the kernel choose one.
+    mac: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < MAX_PORTS:
@@ -42,6 +45,8 @@ class PortSpec:
             raise ValueError(f"MTU {self.mtu} outside 68..{MAX_MTU}")
         if self.tap is not None and self.fd is not None:
             raise ValueError(f"port {self.index}: tap and fd exclude each other")
+        if self.mac is not None and not _MAC.match(self.mac):
+            raise ValueError(f"port {self.index}: MAC {self.mac!r} is not six hex bytes a:b:c:d:e:f")
 
     @property
     def device(self) -> str:
