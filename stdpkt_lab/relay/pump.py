@@ -347,8 +347,11 @@ class Pump:
         private description of the descriptor, as start() does; its description of the
         old destination is closed (and the old descriptor itself when it was given with
         ``close=True``).  A pcap destination first gets a global header unless
-        ``write_header`` is False.  Waits while a write to a full old destination is in
-        progress.  Before start() it only replaces ``dst``."""
+        ``write_header`` is False.  A write blocked on a full old destination gives way
+        at once when that is a socket (messages are whole: the unsent frames of the batch
+        go to the new destination); on a pcap stream it gives way at the next record
+        boundary, so the old stream never ends inside a record.  Before start() it only
+        replaces ``dst``."""
         _check_kind(endpoint)
         with self._lock:
             state = self._state
