@@ -136,7 +136,7 @@ def test_retarget_under_load_loses_and_duplicates_nothing(socks, pumps):
     dests = [pair(socks) for _ in range(3)]
     p = Pump(Endpoint.socket(src_r), Endpoint.socket(dests[0][0]), name="load").start()
     pumps.append(p)
-    n = 20000
+    n = 6000
     got: list[list[int]] = [[] for _ in dests]
     done = threading.Event()
 
@@ -210,6 +210,77 @@ def test_retarget_socket_to_pcap_pipe_gives_a_valid_stream(socks, pumps, tmp_pat
                              timeout=30)
         assert out.returncode == 0, out.stderr
         assert len(out.stdout.decode().splitlines()) == 4
+
+
+def stall(p: Pump, sock: socket.socket, frames: list[bytes]) -> int:
+    """Sends frames until the pump stops making progress (its destination is full)."""
+    sock.settimeout(0.05)
+    sent = 0
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < 1.0:
+        try:
+            sock.send(frames[sent])
+            sent += 1
+        except (TimeoutError, BlockingIOError):
+            pass
+        if p.stats.frames != last:
+            last, since = p.stats.frames, time.monotonic()
+    sock.settimeout(5)
+    return sent
+
+
+def drain(sock: socket.socket, wait: float = 0.3) -> list[bytes]:
+    out = []
+    sock.settimeout(wait)
+    try:
+        while True:
+            out.append(sock.recv(70000))
+    except TimeoutError:
+        pass
+    sock.settimeout(5)
+    return out
+
+
+@pytest.mark.parametrize("how", ["retarget", "add_steer"])
+def test_rewiring_a_pump_blocked_on_a_full_destination(socks, pumps, how):
+    """A pump stuck on a destination nobody reads (a paused instance) is re-wired at
+    once: the frames not yet written go to the new path, none lost or duplicated."""
+    src_w, src_r = pair(socks)
+    old_w, old_r = pair(socks)
+    new_w, new_r = pair(socks)
+    p = Pump(Endpoint.socket(src_r), Endpoint.socket(old_w), name="stuck").start()
+    pumps.append(p)
+    frames = [udp(1, 9, i) + bytes(1000) for i in range(2000)]
+    sent = stall(p, src_w, frames)
+    assert sent < len(frames)
+    done = threading.Event()
+
+    def rewire() -> None:
+        if how == "retarget":
+            p.retarget(Endpoint.socket(new_w))
+        else:
+            p.add_steer(1, "udp", Endpoint.socket(new_w))
+        done.set()
+
+    threading.Thread(target=rewire, daemon=True).start()
+    assert done.wait(5), f"{how} blocked behind the full destination"
+    if how == "add_steer":
+        p.flow_table.clear()  # the stalled flow was recorded on the default path
+    def more() -> None:
+        for f in frames[sent : sent + 200]:
+            src_w.send(f)
+
+    threading.Thread(target=more, daemon=True).start()
+    total = sent + 200
+    got_old: list[bytes] = []
+    got_new: list[bytes] = []
+    deadline = time.monotonic() + 20
+    while len(got_old) + len(got_new) < total and time.monotonic() < deadline:
+        got_old += drain(old_r, 0.05)  # add_steer: the stalled flow keeps the old path
+        got_new += drain(new_r, 0.05)
+    assert got_old + got_new == frames[:total]
+    assert got_new, "nothing took the new path"
+    assert p.stats.frames == total and p.stats.drops == 0
 
 
 def test_retarget_refused_after_the_pump_ended(socks, pumps):

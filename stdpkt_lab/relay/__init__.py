@@ -13,14 +13,8 @@
 """
 
 from stdpkt_lab.relay import pcap
-from stdpkt_lab.relay.pump import (
-    Endpoint,
-    Pump,
-    PumpResult,
-    PumpStats,
-    TracedFrame,
-    start_together,
-)
+from stdpkt_lab.relay.group import start_together
+from stdpkt_lab.relay.pump import Endpoint, Pump, PumpResult, PumpStats, TracedFrame
 from stdpkt_lab.relay.steer import Flow, FlowTable, FlowTableStats, SteerStats
 
 __all__ = [

@@ -19,19 +19,24 @@ void rl_set_err(relay *r, const char *fmt, ...)
 
 /* Waits until fd has `events` (or an error/hangup), or stop is asked.
  * 0 ready, 1 stop, -errno poll failure. */
-int rl_wait_fd(relay *r, int fd, short events)
+int rl_wait_fd(relay *r, int fd, short events, int may_yield)
 {
-    struct pollfd p[2];
+    struct pollfd p[3];
     for (;;) {
         if (stopping(r))
             return 1;
+        if (may_yield && __atomic_load_n(&r->ctl_pending, __ATOMIC_ACQUIRE))
+            return 2;
         p[0].fd = fd;
         p[0].events = events;
         p[0].revents = 0;
         p[1].fd = r->stopfd;
         p[1].events = POLLIN;
         p[1].revents = 0;
-        if (poll(p, 2, -1) < 0) {
+        p[2].fd = r->kickfd;      /* a control operation is waiting for the lock */
+        p[2].events = POLLIN;
+        p[2].revents = 0;
+        if (poll(p, may_yield ? 3 : 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
             return -errno;
@@ -40,6 +45,11 @@ int rl_wait_fd(relay *r, int fd, short events)
             return 1;
         if (p[0].revents)
             return 0;
+        if (p[2].revents) {
+            uint64_t v;
+            ssize_t k = read(r->kickfd, &v, sizeof v);
+            (void)k;
+        }
     }
 }
 
@@ -162,9 +172,10 @@ ssize_t rl_dst_write_once(relay_out *o, struct iovec *iov, int cnt)
 
 /* Writes iov[0..cnt) completely to a byte-stream destination (dst lock held).
  * *done: iovecs written completely.  0 or a RELAY_* result. */
-int rl_dst_writev_all(relay *r, relay_out *o, struct iovec *iov, int cnt, int *done)
+int rl_dst_writev_all(relay *r, relay_out *o, struct iovec *iov, int cnt, int *done,
+                      int may_yield)
 {
-    int i = 0;
+    int i = 0, partial = 0;
     *done = 0;
     while (i < cnt) {
         int k = cnt - i < MAX_IOV ? cnt - i : MAX_IOV;
@@ -174,7 +185,11 @@ int rl_dst_writev_all(relay *r, relay_out *o, struct iovec *iov, int cnt, int *d
             if (e == EINTR)
                 continue;
             if (e == EAGAIN || e == EWOULDBLOCK) {
-                rc = rl_wait_fd(r, o->fd, POLLOUT);
+                /* a control operation may take over at a record boundary only, so
+                 * that the old stream ends with a whole record */
+                rc = rl_wait_fd(r, o->fd, POLLOUT, may_yield && !partial);
+                if (rc == 2)
+                    return RL_YIELD;
                 if (rc == 1)
                     return RELAY_STOPPED;
                 if (rc < 0) {
@@ -193,10 +208,12 @@ int rl_dst_writev_all(relay *r, relay_out *o, struct iovec *iov, int cnt, int *d
             left -= iov[i].iov_len;
             i++;
             *done = i;
+            partial = 0;
         }
         if (left) {
             iov[i].iov_base = (uint8_t *)iov[i].iov_base + left;
             iov[i].iov_len -= left;
+            partial = 1;
         }
     }
     return 0;
@@ -208,7 +225,7 @@ int rl_flush_ghdr(relay *r, relay_out *o)
         return 0;
     struct iovec v = { o->ghdr + o->ghdr_off, o->ghdr_len - o->ghdr_off };
     int done;
-    int rc = rl_dst_writev_all(r, o, &v, 1, &done);
+    int rc = rl_dst_writev_all(r, o, &v, 1, &done, 0);
     if (rc == 0)
         o->ghdr_off = o->ghdr_len;
     else
@@ -306,7 +323,7 @@ static int write_pcap(relay *r, relay_out *o, uint32_t first, uint32_t n, uint64
     }
     rc = rl_flush_ghdr(r, o);
     if (rc == 0)
-        rc = rl_dst_writev_all(r, o, iov, (int)n, &done);
+        rc = rl_dst_writev_all(r, o, iov, (int)n, &done, 1);
     for (int i = 0; i < done; i++)
         bytes += fr[i].len;
     stat_add(&r->st->frames, (uint64_t)done);
@@ -340,7 +357,11 @@ static int write_sock(relay *r, relay_out *o, uint32_t first, uint32_t n,
         if (e == EINTR)
             continue;
         if (e == EAGAIN || e == EWOULDBLOCK) {
-            int w = rl_wait_fd(r, o->fd, POLLOUT);
+            int w = rl_wait_fd(r, o->fd, POLLOUT, 1);
+            if (w == 2) {
+                rc = RL_YIELD;    /* messages are whole: any frame boundary will do */
+                break;
+            }
             if (w == 1) {
                 rc = RELAY_STOPPED;
                 break;

@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 from stdpkt_lab.relay.steer import FlowTable, SteerStats, bpf_program  # noqa: E402
 
-__all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame", "start_together"]
+__all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame"]
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ class Pump:
     def start(self) -> Pump:
         """Opens private descriptions of both descriptors, writes the pcap global header
         (when the destination is pcap and ``write_header``) and starts the loop in a
-        thread of its own (:func:`start_together` runs several pumps in one thread)."""
+        thread of its own (:func:`stdpkt_lab.relay.group.start_together` runs several
+        pumps in one thread)."""
         with self._lock:
             self._open()
             self._thread = threading.Thread(target=self._run, name=f"pump {self.name}", daemon=True)
@@ -347,8 +348,11 @@ class Pump:
         private description of the descriptor, as start() does; its description of the
         old destination is closed (and the old descriptor itself when it was given with
         ``close=True``).  A pcap destination first gets a global header unless
-        ``write_header`` is False.  Waits while a write to a full old destination is in
-        progress.  Before start() it only replaces ``dst``."""
+        ``write_header`` is False.  A write blocked on a full old destination gives way
+        at once when that is a socket (messages are whole: the unsent frames of the batch
+        go to the new destination); on a pcap stream it gives way at the next record
+        boundary, so the old stream never ends inside a record.  Before start() it only
+        replaces ``dst``."""
         _check_kind(endpoint)
         with self._lock:
             state = self._state
@@ -493,52 +497,3 @@ class Pump:
     def clear_trace(self) -> None:
         lib.relay_clear_trace(self._r)
 
-
-def start_together(pumps: list[Pump], *, name: str = "") -> threading.Thread:
-    """Starts ``pumps`` with one thread for all of them: one event loop (C
-    ``relay_run_group``) takes a batch from each ready source in turn and sleeps in one
-    ``poll()`` over all sources when none is ready, instead of one thread and one
-    wake-up per pump.  Each pump keeps its own counters, trace, steering, ``stop()``
-    and ``on_exit`` (called in the group's thread).  A failed start stops the pumps
-    already opened and re-raises.
-
-    The price: a write to a full destination blocks the whole group until its reader
-    makes room (or that pump is stopped), so a stalled reader (a paused instance) stalls
-    every pump of the group, where separate threads stall only its own direction."""
-    if not 1 <= len(pumps) <= lib.RELAY_GROUP_MAX:
-        raise ConfigError(f"start_together takes 1..{lib.RELAY_GROUP_MAX} pumps, not {len(pumps)}")
-    opened: list[Pump] = []
-    try:
-        for p in pumps:
-            with p._lock:
-                p._open()
-                p._solo = False
-            opened.append(p)
-    except BaseException:
-        for p in opened:
-            lib.relay_stop(p._r)
-        if opened:
-            _run_group(opened)  # ends each at once (stopped), closing what it owns
-        raise
-    thread = threading.Thread(target=_run_group, args=(list(pumps),), daemon=True,
-                              name=f"pumps {name or ', '.join(p.name for p in pumps)}")
-    for p in pumps:
-        p._thread = thread
-    thread.start()
-    return thread
-
-
-def _run_group(pumps: list[Pump]) -> None:
-    live = list(pumps)
-    try:
-        while live:
-            arr = ffi.new("relay *[]", [p._r for p in live])
-            idx = lib.relay_run_group(arr, len(live))  # blocks; cffi releases the GIL
-            if idx < 0:
-                raise LinkError("relay_run_group refused its relays")
-            p = live.pop(idx)
-            p._finish(lib.relay_result(p._r))
-    finally:
-        for p in live:  # only after an unexpected error: never leave a pump unfinished
-            lib.relay_stop(p._r)
-            p._finish(PumpResult.ERROR.value)

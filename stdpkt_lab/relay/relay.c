@@ -62,8 +62,8 @@ static void rl_free_io(relay *r)
     free(r->fr);
     free(r->wiov);
     free(r->wmm);
-    free(r->fout);
-    r->fout = NULL;
+    free(r->fid);
+    r->fid = NULL;
     r->rbuf = r->slots = NULL;
     r->rmm = r->wmm = NULL;
     r->riov = r->wiov = NULL;
@@ -146,8 +146,8 @@ static int rl_alloc_io(relay *r)
     r->fr = calloc(PCAP_BATCH, sizeof *r->fr);
     r->wiov = calloc(PCAP_BATCH, sizeof *r->wiov);
     r->wmm = calloc(PCAP_BATCH, sizeof *r->wmm);
-    r->fout = calloc(PCAP_BATCH, sizeof *r->fout);
-    if (!r->fr || !r->wiov || !r->wmm || !r->fout)
+    r->fid = calloc(PCAP_BATCH, sizeof *r->fid);
+    if (!r->fr || !r->wiov || !r->wmm || !r->fid)
         return -ENOMEM;
     for (uint32_t i = 0; i < PCAP_BATCH; i++) {
         r->wmm[i].msg_hdr.msg_iov = &r->wiov[i];
@@ -408,7 +408,7 @@ int relay_inject(relay *r, const void *data, uint32_t len)
         put_rec_hdr(hdr, ts, len, len);
         rc = rl_flush_ghdr(r, &r->dst);
         if (rc == 0)
-            rc = rl_dst_writev_all(r, &r->dst, v, 2, &done);
+            rc = rl_dst_writev_all(r, &r->dst, v, 2, &done, 0);
     } else {
         struct iovec v = { (void *)data, len };
         struct msghdr mh;
@@ -422,7 +422,7 @@ int relay_inject(relay *r, const void *data, uint32_t len)
             if (e == EINTR)
                 continue;
             if (e == EAGAIN || e == EWOULDBLOCK) {
-                int w = rl_wait_fd(r, r->dst.fd, POLLOUT);
+                int w = rl_wait_fd(r, r->dst.fd, POLLOUT, 0);
                 if (w == 0)
                     continue;
                 rc = w == 1 ? RELAY_STOPPED : RELAY_ERROR;

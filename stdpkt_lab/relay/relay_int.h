@@ -112,7 +112,10 @@ struct relay {
     relay_flowtab *ft;
     steer_rule *rules[RELAY_MAX_RULES];
     uint32_t nrules;
-    int16_t *fout;                /* per frame of a batch: rule index, or -1 (default) */
+    uint32_t *fid;                /* per frame of a batch: its rule id, 0 = default path */
+    int ctl_pending;              /* atomic: control operations (retarget, steering changes)
+                                   * waiting for dst_lock; a writer blocked on a full
+                                   * destination yields to them at a frame boundary */
 
     pthread_mutex_t err_lock;
     char err[ERR_LEN];
@@ -158,6 +161,7 @@ struct relay {
 };
 
 #define RL_HIDDEN __attribute__((visibility("hidden")))
+#define RL_YIELD 100                  /* internal: a write gave way to a control operation */
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -209,14 +213,15 @@ static inline int stopping(relay *r)
 
 /* io.c */
 RL_HIDDEN void rl_set_err(relay *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-RL_HIDDEN int rl_wait_fd(relay *r, int fd, short events);
+RL_HIDDEN int rl_wait_fd(relay *r, int fd, short events, int may_yield);
 RL_HIDDEN int rl_is_peer_gone(int e);
 RL_HIDDEN int rl_peer_closed(relay *r, int e);
 RL_HIDDEN void rl_grow_pipe(int fd);
 RL_HIDDEN int rl_take_fd(relay *r, int fd, int kind, int for_write, const char *role, int *out,
                          int *sotype, int *is_sock);
 RL_HIDDEN ssize_t rl_dst_write_once(relay_out *o, struct iovec *iov, int cnt);
-RL_HIDDEN int rl_dst_writev_all(relay *r, relay_out *o, struct iovec *iov, int cnt, int *done);
+RL_HIDDEN int rl_dst_writev_all(relay *r, relay_out *o, struct iovec *iov, int cnt, int *done,
+                                int may_yield);
 RL_HIDDEN int rl_flush_ghdr(relay *r, relay_out *o);
 RL_HIDDEN void rl_start_ghdr(relay_out *o);
 RL_HIDDEN int rl_read_sock(relay *r, uint32_t *n);

@@ -18,7 +18,8 @@ static steer_rule *find_rule(relay *r, uint32_t id, uint32_t *idx)
     return NULL;
 }
 
-/* Chooses each frame's output (dst lock held): r->fout[i] = rule index or -1. */
+/* Chooses each frame's output (dst lock held): r->fid[i] = the rule id its flow is
+ * recorded with (0: default); the output is looked up when the frame is written. */
 static void steer_classify(relay *r, uint32_t n)
 {
     relay_flowtab *t = r->ft;
@@ -28,8 +29,8 @@ static void steer_classify(relay *r, uint32_t n)
         const uint8_t *f = r->fr[i].rec + REC_HDR;
         flow_key k;
         uint8_t fl;
-        uint32_t rule = 0, idx;
-        r->fout[i] = -1;
+        uint32_t rule = 0;
+        r->fid[i] = 0;
         if (!flow_key_of(f, r->fr[i].len, &k, &fl))
             continue;
         int tcp = k.proto == 6;
@@ -54,8 +55,7 @@ static void steer_classify(relay *r, uint32_t n)
             }
             flow_insert(t, &k, rule, now, fin);
         }
-        if (rule && find_rule(r, rule, &idx))
-            r->fout[i] = (int16_t)idx;
+        r->fid[i] = rule;
     }
     pthread_mutex_unlock(&t->lock);
 }
@@ -76,46 +76,75 @@ static int steer_failed(relay *r, steer_rule *s, int rc, uint32_t lost)
 }
 
 /* Writes the batch (dst lock held): in runs of consecutive frames with one output. */
+/* Lets a waiting control operation take dst_lock (held by the caller), then takes it back. */
+static void give_way(relay *r)
+{
+    pthread_mutex_unlock(&r->dst_lock);
+    while (__atomic_load_n(&r->ctl_pending, __ATOMIC_ACQUIRE))
+        sched_yield();
+    pthread_mutex_lock(&r->dst_lock);
+}
+
 int rl_write_batch(relay *r, uint32_t n, uint64_t ts)
 {
     uint32_t sent;
     uint64_t bytes;
-    if (r->ft == NULL)    /* no flow table: no steering, every frame to the default path */
-        return rl_write_out(r, &r->dst, 0, n, ts, &sent, &bytes);
-    steer_classify(r, n);
+    if (r->ft != NULL)
+        steer_classify(r, n);
+    else          /* no flow table: no steering, every frame to the default path */
+        memset(r->fid, 0, sizeof *r->fid * n);
     for (uint32_t i = 0; i < n;) {
-        int o = r->fout[i];
+        uint32_t id = r->fid[i];
         uint32_t j = i + 1;
-        while (j < n && r->fout[j] == o)
+        while (j < n && r->fid[j] == id)
             j++;
+        steer_rule *s = id ? find_rule(r, id, NULL) : NULL;  /* removed: default path */
         int rc;
-        if (o < 0) {
+        if (s == NULL) {
             rc = rl_write_out(r, &r->dst, i, j - i, ts, &sent, &bytes);
-            if (rc)
-                return rc;
+        } else if (s->out.dead) {
+            stat_add(&s->st.drops, j - i);
+            stat_add(&r->st->drops, j - i);
+            i = j;
+            continue;
         } else {
-            steer_rule *s = r->rules[o];
-            if (s->out.dead) {
-                stat_add(&s->st.drops, j - i);
-                stat_add(&r->st->drops, j - i);
-            } else {
-                rc = rl_write_out(r, &s->out, i, j - i, ts, &sent, &bytes);
-                stat_add(&s->st.frames, sent);
-                stat_add(&s->st.bytes, bytes);
-                if (rc && steer_failed(r, s, rc, j - i - sent))
-                    return rc;
-            }
+            rc = rl_write_out(r, &s->out, i, j - i, ts, &sent, &bytes);
+            stat_add(&s->st.frames, sent);
+            stat_add(&s->st.bytes, bytes);
         }
+        if (rc == RL_YIELD) {   /* the rest of the run goes where the operation says */
+            i += sent;
+            give_way(r);
+            continue;
+        }
+        if (rc && s == NULL)
+            return rc;
+        if (rc && steer_failed(r, s, rc, j - i - sent))
+            return rc;
         i = j;
     }
     return 0;
 }
 
+/* A control operation: announce it (a blocked writer yields), then take dst_lock. */
+static void ctl_lock(relay *r)
+{
+    __atomic_add_fetch(&r->ctl_pending, 1, __ATOMIC_ACQ_REL);
+    rl_kick(r);
+    pthread_mutex_lock(&r->dst_lock);
+}
+
+static void ctl_unlock(relay *r)
+{
+    pthread_mutex_unlock(&r->dst_lock);
+    __atomic_sub_fetch(&r->ctl_pending, 1, __ATOMIC_ACQ_REL);
+}
+
 int relay_set_flowtab(relay *r, relay_flowtab *t)
 {
-    pthread_mutex_lock(&r->dst_lock);
+    ctl_lock(r);
     r->ft = t;
-    pthread_mutex_unlock(&r->dst_lock);
+    ctl_unlock(r);
     return 0;
 }
 
@@ -141,9 +170,9 @@ int relay_set_dst(relay *r, int fd, int kind, int write_header)
     o.fd = nfd;
     o.kind = kind;
     o.is_sock = is_sock;
-    pthread_mutex_lock(&r->dst_lock);
+    ctl_lock(r);
     if (r->dst.fd < 0) {
-        pthread_mutex_unlock(&r->dst_lock);
+        ctl_unlock(r);
         close(nfd);
         return -EBADF;
     }
@@ -151,7 +180,7 @@ int relay_set_dst(relay *r, int fd, int kind, int write_header)
     r->dst = o;
     if (kind == RELAY_KIND_PCAP && write_header)
         rl_start_ghdr(&r->dst);
-    pthread_mutex_unlock(&r->dst_lock);
+    ctl_unlock(r);
     close(old);
     rl_kick(r);        /* the loop may be polling the old descriptor for a hangup */
     return 0;
@@ -189,7 +218,7 @@ int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uin
         free(s);
         return rc;
     }
-    pthread_mutex_lock(&r->dst_lock);
+    ctl_lock(r);
     pthread_mutex_lock(&r->rules_lock);
     rc = 0;
     if (find_rule(r, rule_id, NULL) != NULL) {
@@ -207,7 +236,7 @@ int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uin
         r->rules[r->nrules++] = s;
     }
     pthread_mutex_unlock(&r->rules_lock);
-    pthread_mutex_unlock(&r->dst_lock);
+    ctl_unlock(r);
     if (rc) {
         close(s->out.fd);
         free(s->filt);
@@ -219,7 +248,7 @@ int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uin
 int relay_remove_steer(relay *r, uint32_t rule_id)
 {
     uint32_t idx;
-    pthread_mutex_lock(&r->dst_lock);
+    ctl_lock(r);
     pthread_mutex_lock(&r->rules_lock);
     steer_rule *s = find_rule(r, rule_id, &idx);
     if (s != NULL) {
@@ -227,7 +256,7 @@ int relay_remove_steer(relay *r, uint32_t rule_id)
         r->nrules--;
     }
     pthread_mutex_unlock(&r->rules_lock);
-    pthread_mutex_unlock(&r->dst_lock);
+    ctl_unlock(r);
     if (s == NULL)
         return -ENOENT;
     if (s->out.fd >= 0)
