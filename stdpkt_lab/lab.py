@@ -30,12 +30,13 @@ from .engine.links import Link
 from .engine.ownership import remove_run_dir
 from .engine.paths import make_run_root
 from .errors import StateError
+from .lab_features import LinkConditions, LiveChainOps, StateTables
 from .observe import Journey, Sampler, Subscription, follow_packet, records, to_packets, write_pcap
+from .observe.state import parse_iptables_save
 
 if TYPE_CHECKING:
     import networkx as nx
 
-    from .conditions import LinkConditioner
     from .describe import KindRegistry
     from .engine.agent import ExecResult
     from .live import LiveChains
@@ -57,7 +58,7 @@ class LabState(enum.Enum):
     FAILED = "failed"
 
 
-class Lab:
+class Lab(StateTables, LinkConditions, LiveChainOps):
     """Running instances and links of one chain graph.
 
     ``Lab(g, cluster=client)`` (a ``dask.distributed.Client``) spreads the
@@ -299,7 +300,7 @@ class Lab:
         return {
             "interfaces": parse_proc_net_dev(dev.decode()) if dev else {},
             "conntrack_entries": int(count) if count and count.strip().isdigit() else None,
-            "rules": _parse_iptables_save(saved.stdout),
+            "rules": parse_iptables_save(saved.stdout),
             "ipvs": parse_ip_vs(ipvs.decode()) if ipvs else [],
             "qdiscs": self._conditioner.qdisc_stats(node),
         }
@@ -384,119 +385,6 @@ class Lab:
 
         return lab_html(self)
 
-    # --- state tables ---
-    def conntrack(self, node: str) -> Any:
-        """``node``'s connection-tracking table as a DataFrame: protocol, state, original and
-        reply tuples, packets/bytes per direction, timeout, mark, status, ``nat``."""
-        from .observe.nfstate import conntrack_table
-
-        self._require_running()
-        return conntrack_table(self[node].agent)
-
-    def routes(self, node: str, *, all: bool = False) -> Any:
-        """``node``'s routes (IPv4 main table, IPv6 unicast; ``all=True``: every IPv6 entry)."""
-        from .observe.nfstate import route_table
-
-        self._require_running()
-        return route_table(self[node].agent, all=all)
-
-    def addresses(self, node: str) -> Any:
-        """``node``'s IPv4 and IPv6 addresses with interface, prefix length and scope."""
-        from .observe.nfstate import address_table
-
-        self._require_running()
-        return address_table(self[node].agent)
-
-    def neighbours(self, node: str) -> Any:
-        """``node``'s IPv4 neighbour (ARP) cache."""
-        from .observe.nfstate import neighbour_table
-
-        self._require_running()
-        return neighbour_table(self[node].agent)
-
-    # --- link conditions ---
-    @property
-    def _conditioner(self) -> LinkConditioner:
-        from .conditions import LinkConditioner
-
-        with self._lock:
-            found = self.__dict__.get("_link_conditioner")
-            if found is None:
-                found = self.__dict__["_link_conditioner"] = LinkConditioner(self)
-            return found
-
-    def set_link(self, link: LinkRef, *, direction: LinkRef | str | None = None, update: bool = False,
-                 **conditions: Any) -> dict[str, dict[str, Any]]:
-        """Set ``link``'s conditions live (``delay="50ms"``, ``jitter``, ``loss=0.02`` or ``"2%"``,
-        ``rate="10mbit"``, ``reorder``, ``duplicate``, ``corrupt``, ``limit``), on both directions or
-        ``direction=(sender, receiver)``; ``update=True`` changes only the keys given.  No restart:
-        the sender's egress qdisc is replaced in place.  Returns :meth:`link_conditions`.
-        See :mod:`stdpkt_lab.describe.conditions` for the semantics."""
-        self._require_running()
-        return self._conditioner.set(link, direction=direction, update=update, **conditions)
-
-    def link_conditions(self, link: LinkRef) -> dict[str, dict[str, Any]]:
-        """What is set on ``link``, per direction: ``{"a->b": {"delay": "20ms"}, "b->a": {}}``."""
-        return self._conditioner.get(link)
-
-    def clear_link(self, link: LinkRef, *, direction: LinkRef | str | None = None) -> None:
-        """Remove ``link``'s conditions (both directions, or one)."""
-        self._require_running()
-        self._conditioner.clear(link, direction=direction)
-
-    def qdisc_stats(self, node: str) -> dict[str, list[dict[str, Any]]]:
-        """``node``'s egress qdiscs per interface with bytes, packets, drops, backlog, qlen."""
-        self._require_running()
-        return self._conditioner.qdisc_stats(node)
-
-    def _qdisc_sample(self, node: str) -> dict[str, list[dict[str, Any]]]:
-        """The sampler's hook: qdisc statistics of a node with conditions set, else nothing."""
-        conditioner = self._conditioner
-        return conditioner.qdisc_stats(node, timeout=2.0) if conditioner.conditioned(node) else {}
-
-    # --- live chains --- (stdpkt_lab.live: re-wire the running chain)
-    @property
-    def live(self) -> LiveChains:
-        """The live-change controller: history, detours, warm pool (:mod:`stdpkt_lab.live`)."""
-        if self._live is None:
-            from .live import LiveChains
-
-            self._live = LiveChains(self)
-        return self._live
-
-    def insert(self, link: LinkRef, node: str, *, kind: Any, **params: Any) -> Instance:
-        """Boot ``node`` and splice it into the running ``link`` (see :mod:`stdpkt_lab.live`)."""
-        return self.live.insert(link, node, kind=kind, **params)
-
-    def add(self, node: str, *, kind: Any, **params: Any) -> Instance:
-        """Boot a transparent ``node`` on no path yet (a detour for :meth:`steer`)."""
-        return self.live.add(node, kind=kind, **params)
-
-    def remove(self, node: str) -> None:
-        """Stop ``node``; the link it sat on heals."""
-        self.live.remove(node)
-
-    def replace(self, node: str, *, kind: Any, **params: Any) -> Instance:
-        """Boot a new ``node`` first, carry its conntrack state, then move its links."""
-        return self.live.replace(node, kind=kind, **params)
-
-    def connect(self, a: str, b: str, **attrs: Any) -> Link:
-        """A new link between running ``a`` and ``b`` (hot-plugged ports)."""
-        return self.live.connect(a, b, **attrs)
-
-    def disconnect(self, a: str, b: str) -> None:
-        """Remove the link between ``a`` and ``b``."""
-        self.live.disconnect(a, b)
-
-    def steer(self, link: LinkRef, match: str, *, via: Sequence[str]) -> Any:
-        """New flows on ``link`` matching ``match`` (pcap filter) traverse the detours ``via``
-        (booted with :meth:`add`); returns the :class:`~stdpkt_lab.steering.SteerRule`."""
-        return self.live.steer(link, match, via=via)
-
-    def unsteer(self, rule: Any) -> None:
-        """Remove a steering rule (its established flows fall back to the default path)."""
-        self.live.unsteer(rule)
-
     # --- start order / stop actions (Kathará lab.dep, DEV.shutdown) ---
     def _run_stop_actions(self) -> None:
         """Run ``g.graph["on_stop"]`` commands in their nodes (concurrently, 30 s each)."""
@@ -511,29 +399,6 @@ class Lab:
 
         with ThreadPoolExecutor(max_workers=min(8, len(self._on_stop))) as pool:
             list(pool.map(run, self._on_stop.items()))
-
-
-def _parse_iptables_save(text: str) -> list[dict[str, Any]]:
-    """``iptables-save -c`` → one row per rule and per chain policy, with its counters."""
-    rows: list[dict[str, Any]] = []
-    table = ""
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith(":"):
-            name, policy, counts = (line[1:].split() + ["", ""])[:3]
-            pk, _, by = counts.strip("[]").partition(":")
-            if pk.isdigit():
-                rows.append({"table": table, "chain": name, "rule": f"policy {policy}",
-                             "packets": int(pk), "bytes": int(by)})
-        elif line.startswith("["):
-            counts, _, rule = line.partition("] ")
-            pk, _, by = counts.strip("[").partition(":")
-            parts = rule.split(None, 2)
-            rows.append({"table": table, "chain": parts[1] if len(parts) > 1 else "",
-                         "rule": parts[2] if len(parts) > 2 else "",
-                         "packets": int(pk), "bytes": int(by)})
-    return rows
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

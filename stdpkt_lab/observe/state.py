@@ -362,3 +362,26 @@ def parse_arp(text: str) -> list[dict[str, Any]]:
             "hw_type": "ether" if hw_type == 1 else hex(hw_type),
         })
     return rows
+
+
+def parse_iptables_save(text: str) -> list[dict[str, Any]]:
+    """``iptables-save -c`` → one row per rule and per chain policy, with its counters."""
+    rows: list[dict[str, Any]] = []
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            name, policy, counts = (line[1:].split() + ["", ""])[:3]
+            pk, _, by = counts.strip("[]").partition(":")
+            if pk.isdigit():
+                rows.append({"table": table, "chain": name, "rule": f"policy {policy}",
+                             "packets": int(pk), "bytes": int(by)})
+        elif line.startswith("["):
+            counts, _, rule = line.partition("] ")
+            pk, _, by = counts.strip("[").partition(":")
+            parts = rule.split(None, 2)
+            rows.append({"table": table, "chain": parts[1] if len(parts) > 1 else "",
+                         "rule": parts[2] if len(parts) > 2 else "",
+                         "packets": int(pk), "bytes": int(by)})
+    return rows
