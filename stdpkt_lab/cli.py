@@ -8,7 +8,7 @@ compose in a shell pipeline::
     | IF0="/dev/stdin|p1" IP0=10.0.0.1 NETMASK0=24 stdpkt run server.sh
 
 Exit status: the script's (``--oneshot``); 0 when a forwarding instance ends
-because an input ended or it was asked to stop (SIGINT/SIGTERM: 130/143);
+because an input ended or it was asked to stop (SIGINT/SIGTERM/SIGHUP: 130/143/129);
 1 when the instance fails (boot failure, relay error); 2 for bad input.
 """
 

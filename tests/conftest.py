@@ -15,13 +15,29 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: Every run directory of this test session lives here (STDPKT_RUNDIR, inherited by
 #: the `stdpkt` processes tests start), so "ours" is exact even on a shared machine.
+#: Made when pytest configures (not at import: a script importing a test module must not
+#: leave one), removed when the session ends; the session dirs of test runs that were
+#: killed (their pid is gone) are swept when the next session starts.
 SESSION_RUNDIR = Path(f"/dev/shm/stdpkt-tests-{os.getpid()}")
-SESSION_RUNDIR.mkdir(exist_ok=True)
-SESSION_RUNDIR.chmod(0o1777)  # unprivileged test users make their run dirs here too
 os.environ["STDPKT_RUNDIR"] = str(SESSION_RUNDIR)
 #: Names of `stdpkt run --name` instances (engine/control.py) stay out of the user's own list.
 CONTROL_DIR = Path(f"/dev/shm/stdpkt-tests-{os.getpid()}-control")
 os.environ["STDPKT_CONTROL_DIR"] = str(CONTROL_DIR)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for stale in Path("/dev/shm").glob("stdpkt-tests-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and stale.owner() == _me():
+            shutil.rmtree(stale, ignore_errors=True)
+    SESSION_RUNDIR.mkdir(exist_ok=True)
+    SESSION_RUNDIR.chmod(0o1777)  # unprivileged test users make their run dirs here too
+
+
+def _me() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _ours(pid: str) -> bool:

@@ -354,3 +354,17 @@ def test_full_run_dir_gives_a_clear_error_not_a_hang(base: Path, tmp_path: Path)
     while (procs := marked_processes(small)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not procs, procs
+
+
+def test_killed_before_its_launcher_started_is_swept_at_the_next_start(stdpkt_bin: str, base: Path) -> None:
+    """The one window the launcher cannot cover: a process SIGKILLed between creating
+    its run directory and starting the launcher (here: at once after creating it)."""
+    child = ("import os, signal; from stdpkt_lab.engine.paths import make_run_root\n"
+             "d = make_run_root(prefix='stdpkt-early-'); (d / 'guest.env').write_text('x')\n"
+             "os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {**os.environ, "STDPKT_RUNDIR": str(base)}
+    result = subprocess.run([sys.executable, "-c", child], env=env, timeout=60, check=False)
+    assert result.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in base.iterdir())[0].startswith("stdpkt-early-")  # dir + owner file
+    next_start_sweeps(stdpkt_bin, base)
+    assert not leftovers(base)

@@ -54,12 +54,19 @@ def test_injected_packets_are_counted_exactly(lab: sl.Lab) -> None:
            IP(src=addr(lab, "nat", "fw"), dst=str(lab.plan.address("server"))) /
            ICMP(id=4242, seq=1) / b"stdpkt-count")
     lab.inject(("nat", "fw"), pkt, count=25, interval=0.005)
-    time.sleep(1.0)
+
+    def forwarded() -> list:
+        return [p for p in lab.trace(("fw", "server"), None, direction="forward")
+                if ICMP in p and p[ICMP].id == 4242]
+
+    # wait for the firewall to forward them all (a loaded machine delays it past 1 s)
+    deadline = time.monotonic() + 15
+    while len(forwarded()) < 25 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # and no more than 25 follow
     after = link_in.pump("nat", "fw").stats
     assert after.injected - before.injected == 25
-    forwarded = [p for p in lab.trace(("fw", "server"), None, direction="forward")
-                 if ICMP in p and p[ICMP].id == 4242]
-    assert len(forwarded) == 25
+    assert len(forwarded()) == 25
     rows = lab.counters()
     rows = rows.to_dict("records") if hasattr(rows, "to_dict") else rows
     row = next(r for r in rows if r["src"] == "nat" and r["dst"] == "fw")
