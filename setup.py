@@ -22,6 +22,8 @@ PROGRAMS = {
     "stdpkt-launch": ("lkl/launch.c", []),
     "stdpkt-agent": ("lkl/agent.c", ["-static"]),
     "stdpkt-init": ("lkl/init.c", ["-static"]),  # the fast guest init (init.sh's twin)
+    # preloaded into linux.uml on hosts with a large XSAVE area (AVX-512, AMX): see the source
+    "stdpkt-xstate.so": ("lkl/xstate-shim.c", ["-shared", "-fPIC", "-ldl"]),
 }
 DATA = ["lkl/init.sh", "lkl/boot-profile"]
 

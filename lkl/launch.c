@@ -20,10 +20,12 @@
  *   - --no-aslr: personality(ADDR_NO_RANDOMIZE): linux.uml is PIE and wastes
  *     guest memory (or fails to boot with small mem=) at random addresses.
  *   - always, on hosts whose XSAVE area is not the 832 bytes UML 6.1 assumes
- *     (AVX-512, AMX, PKU: see fpregs_fallback()): a seccomp filter that makes
- *     ptrace's NT_X86_XSTATE regset fail, so the kernel falls back to the
- *     FXSAVE registers. Without it every guest process dies at its first
- *     context switch ("ptrace set fp regs failed, errno = 14", init killed).
+ *     (AVX-512, AMX, PKU): LD_PRELOAD of stdpkt-xstate.so (next to this
+ *     program; lkl/xstate-shim.c says why), or, when it is missing, a seccomp
+ *     filter that makes the NT_X86_XSTATE regset fail so the kernel falls back
+ *     to FXSAVE registers (guests boot, but AVX programs in them may compute
+ *     garbage).  Without either every guest process dies at its first switch
+ *     ("ptrace set fp regs failed, errno = 14").
  * Exit status: the kernel's; 126 and a one-line message on stderr when
  * confinement fails.
  */
@@ -89,23 +91,10 @@ static int allow_beneath(int ruleset, const char *path, __u64 rights) {
     return rc;
 }
 
-/*
- * Debian's UML 6.1 saves and restores a guest process's FPU state with
- * PTRACE_{GET,SET}REGSET(NT_X86_XSTATE) and a buffer of sizeof(struct _xstate)
- * = 832 bytes (x87/SSE + header + AVX).  The host kernel accepts SETREGSET only
- * with a buffer of exactly its own XSAVE size (arch/x86/kernel/fpu/regset.c:
- * "count != fpu_user_cfg.max_size -> -EFAULT"), which is larger on hosts with
- * AVX-512, AMX or PKU.  UML enables the xstate path when a probing GETREGSET
- * succeeds (arch_init_registers), so refusing that regset with EIO makes it use
- * PTRACE_{GET,SET}FPREGS (the 512-byte FXSAVE area), which every x86-64 host
- * accepts.  Vector state beyond XMM is then not switched between threads of one
- * guest process (each guest process is its own host process, whose full state
- * the host keeps); the guest init therefore tells glibc not to pick AVX
- * routines (GLIBC_TUNABLES), see lkl/init.c.
- */
+/* Hosts whose XSAVE area UML 6.1 does not fit: see lkl/xstate-shim.c. */
 #define UML_XSTATE_SIZE 832u
-/* glibc in guest processes: no AVX string/memory routines (see above) */
-#define GUEST_TUNABLES "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4"
+/* glibc in guest processes: no AVX-512 routines (their registers are not switched) */
+#define GUEST_TUNABLES "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX512ER,-AVX512PF"
 #define PTRACE_GETREGSET_ 0x4204
 #define PTRACE_SETREGSET_ 0x4205
 #define NT_X86_XSTATE_ 0x202
@@ -118,6 +107,19 @@ static int fpregs_fallback_needed(void) {
 #else
     return 0;
 #endif
+}
+
+/* stdpkt-xstate.so beside this program, if it is there */
+static int xstate_shim(char *out, size_t len) {
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return -1;
+    self[n] = 0;
+    char *slash = strrchr(self, '/');
+    if (!slash) return -1;
+    *slash = 0;
+    if ((size_t)snprintf(out, len, "%s/stdpkt-xstate.so", self) >= len) return -1;
+    return access(out, R_OK);
 }
 
 static int fpregs_fallback(void) {
@@ -306,7 +308,15 @@ int main(int argc, char **argv) {
         }
         char **args = &argv[i];
         if (fpregs_fallback_needed()) {
-            if (fpregs_fallback() < 0) die("seccomp (FPU register fallback)");
+            char shim[4200];
+            if (xstate_shim(shim, sizeof shim) == 0) {
+                const char *old = getenv("LD_PRELOAD");
+                char preload[8400];
+                snprintf(preload, sizeof preload, "%s%s%s", shim, old && *old ? ":" : "", old ? old : "");
+                if (setenv("LD_PRELOAD", preload, 1) < 0) die("setenv LD_PRELOAD");
+            } else if (fpregs_fallback() < 0) {
+                die("seccomp (FPU register fallback)");
+            }
             /* one more KEY=VALUE on the kernel command line: it reaches the guest
                init's environment, and so every guest process's */
             int n = argc - i;
