@@ -55,6 +55,7 @@ import os
 import platform
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,21 @@ def checkpoint(lab: Lab, t0: float) -> dict[str, Any]:
     }
 
 
+def python_growth(snap0: tracemalloc.Snapshot) -> dict[str, Any]:
+    """Where Python memory grew since snap0 (steady state), leaving out this bench's own records."""
+    snap1 = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    here = Path(__file__).name
+    filters = [tracemalloc.Filter(False, f"*{here}"), tracemalloc.Filter(False, tracemalloc.__file__)]
+    stats = snap1.filter_traces(filters).compare_to(snap0.filter_traces(filters), "traceback")
+    total = sum(st.size_diff for st in stats)
+    top = []
+    for st in sorted(stats, key=lambda x: x.size_diff, reverse=True)[:6]:
+        frames = [f"{Path(f.filename).name}:{f.lineno}" for f in st.traceback]
+        top.append({"kib": round(st.size_diff / 1024, 1), "count": st.count_diff, "where": frames[-4:][::-1]})
+    return {"kib": round(total / 1024, 1), "top": top}
+
+
 def slope_per_hour(ts: list[float], ys: list[float]) -> float:
     n = len(ts)
     if n < 2:
@@ -238,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round", type=int, default=None, help="seconds of traffic per round")
     ap.add_argument("--rate", default="50M", help="iperf3 -b (default 50M: the machine is shared)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="trace Python allocations from the first steady checkpoint and name where Python "
+                         "memory grew (costs RSS itself: RSS growth is then not comparable)")
     args = ap.parse_args(argv)
     minutes = 2.0 if args.quick else args.minutes
     round_s = args.round or (20 if args.quick else 30)
@@ -255,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         points.append(checkpoint(lab, t0))
         deadline = t0 + minutes * 60
         bar = tqdm(total=round(minutes * 60), desc="soak", unit="s")
+        snap0: tracemalloc.Snapshot | None = None
         while time.monotonic() + round_s / 2 < deadline:
             secs = max(5, min(round_s, int(deadline - time.monotonic())))
             res = lab.exec("client", round_script(secs, args.rate), timeout=secs + 90)
@@ -267,11 +287,22 @@ def main(argv: list[str] | None = None) -> int:
             traffic["ping_loss_max_pct"] = max(traffic["ping_loss_max_pct"], r["ping_loss"])
             time.sleep(1.0)  # let the last frames land
             points.append(checkpoint(lab, t0))
+            # tracemalloc sees only what is allocated after it starts: start it at the first
+            # steady checkpoint, take the reference snapshot at the next one (by then every
+            # bounded structure, e.g. the sampler history, holds traced objects only)
+            if args.tracemalloc and snap0 is None:
+                if tracemalloc.is_tracing():
+                    snap0 = tracemalloc.take_snapshot()
+                elif points[-1]["sampler_history"] == lab.sampler.history.maxlen:
+                    tracemalloc.start(8)
             bar.n = min(bar.total, round(time.monotonic() - t0))
             bar.set_postfix(rss=f"{points[-1]['rss_mib']:.1f}M", fds=points[-1]["fds"],
                             thr=points[-1]["threads"])
             bar.refresh()
         bar.close()
+        growth_sites = python_growth(snap0) if snap0 is not None else None
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
     elapsed_min = (time.time() - started) / 60
 
     # steady state: after the warm-up round and once the sampler's bounded history is full
@@ -297,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "unquiet": sum(not p["quiet"] for p in points),
         "frames_relayed": sum(v["frames"] for v in points[-1]["relays"].values()),
         "traffic": {**traffic, "iperf_bytes": int(traffic["iperf_bytes"])},
+        "python_growth": growth_sites,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "machine": platform.node(), "cpus": os.cpu_count(),
