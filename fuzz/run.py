@@ -9,7 +9,7 @@ the committed seeds of ``fuzz/corpus/<harness>/``; inputs it discovers go to
 (ignored by git).  The exit status is 1 if any harness crashed, hung, leaked or tripped a
 sanitizer, 2 if a harness could not be built, else 0.
 
-Usage: python fuzz/run.py [--seconds N] [--json PATH] [HARNESS ...]
+Usage: python fuzz/run.py [--seconds N] [--json PATH] [--merge] [HARNESS ...]
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "180")),
                     help="run time per harness (default $FUZZ_SECONDS or 180)")
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
+    ap.add_argument("--merge", action="store_true",
+                    help="instead of fuzzing: add the inputs of fuzz/build/corpus/<harness>/ that bring new "
+                         "coverage to the committed seeds fuzz/corpus/<harness>/ (libFuzzer -merge=1)")
     ap.add_argument("harness", nargs="*", help=f"default: all of {', '.join(HARNESSES)}")
     args = ap.parse_args(argv)
     names = args.harness or list(HARNESSES)
@@ -139,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.CalledProcessError:
                 print(f"fuzz: building {name} failed; see {log_path}", file=sys.stderr)
                 return 2
+            if args.merge:
+                seeds, work = FUZZ / "corpus" / name, BUILD / "corpus" / name
+                before = len(list(seeds.iterdir()))
+                subprocess.run([str(binary), "-merge=1", "-max_len=140000", str(seeds), str(work)],
+                               stdout=log, stderr=subprocess.STDOUT, check=True)
+                print(f"fuzz {name}: merged, seeds {before} -> {len(list(seeds.iterdir()))}")
+                continue
             res = run(name, binary, args.seconds, log)
             results.append(res)
             state = "ok" if res["ok"] else "FAILED"
