@@ -153,6 +153,7 @@ class _Reader:
         attrs = doc.get("graph") or {}
         if not isinstance(attrs, dict):
             raise self.fail("graph", "expected a mapping of graph attributes", doc)
+        self._names("graph", attrs)
         g.graph.update(attrs)
         nodes = doc.get("nodes")
         if not isinstance(nodes, dict) or not nodes:
@@ -168,6 +169,7 @@ class _Reader:
                 raise self.fail(
                     f"nodes.{name}", f"expected a mapping of attributes, got {node_attrs!r}", nodes
                 )
+            self._names(f"nodes.{name}", node_attrs)
             g.add_node(name, **node_attrs)
         links = doc.get("links") or []
         if not isinstance(links, list):
@@ -175,6 +177,13 @@ class _Reader:
         for i, link in enumerate(links):
             self._link(g, i, link, links)
         return g
+
+    def _names(self, where: str, attrs: dict[Any, Any], obj: Any = None) -> None:
+        """Attribute names must be strings: networkx takes them as keyword arguments."""
+        for key in attrs:
+            if not isinstance(key, str):
+                raise self.fail(where, f"attribute name {key!r} is not a string (quote it)",
+                                attrs if obj is None else obj)
 
     def _link(self, g: nx.Graph, i: int, link: Any, links: list[Any]) -> None:
         where = f"links[{i}]"
@@ -197,6 +206,7 @@ class _Reader:
                     f"{where}.{key}", f"{end!r} is not a node declared under nodes", link
                 )
             ends.append(end)
+        self._names(where, attrs, link)
         a, b = ends
         if a == b:
             raise self.fail(where, f"links {a!r} to itself", link)
@@ -223,9 +233,14 @@ def load_lab(path: str | os.PathLike[str]) -> nx.Graph:
             raise LabFileError(
                 f"{path} line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"
             ) from None
+        except ValueError as exc:  # int() refuses numbers of over 4300 digits
+            raise LabFileError(f"{path}: invalid JSON: a number with too many digits ({exc})") from None
+        except RecursionError:
+            raise LabFileError(f"{path}: invalid JSON: lists or mappings nested too deeply") from None
     else:
-        loader = _MarkedLoader(text)
+        loader: _MarkedLoader | None = None
         try:
+            loader = _MarkedLoader(text)  # checks the characters: may raise ReaderError
             doc = loader.get_single_data()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -233,7 +248,13 @@ def load_lab(path: str | os.PathLike[str]) -> nx.Graph:
             raise LabFileError(f"{path}{at}: invalid YAML: {exc.problem or exc}") from None
         except yaml.YAMLError as exc:
             raise LabFileError(f"{path}: invalid YAML: {exc}") from None
+        except ValueError as exc:  # the int constructor: int() refuses over 4300 digits
+            raise LabFileError(f"{path}: invalid YAML: a number with too many digits ({exc})") from None
+        except RecursionError:
+            raise LabFileError(f"{path}: invalid YAML: lists or mappings nested too deeply") from None
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
+        assert loader is not None
         lines = loader.lines
     return _Reader(path, lines).graph(doc)

@@ -34,8 +34,10 @@ from .kinds import suggest
 __all__ = ["Rule", "Forward", "parse_rule", "parse_forward", "resolve_peer"]
 
 _PROTOS = ("tcp", "udp", "icmp")
-_PORT_ITEM = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
-_ICMP_TYPE = re.compile(r"^(?:[a-z][a-z-]*|\d{1,3}(?:/\d{1,3})?)$")
+# re.ASCII: \d would also take other scripts' digits ("icmp/١" passed the check and
+# reached iptables as --icmp-type ١)
+_PORT_ITEM = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$", re.ASCII)
+_ICMP_TYPE = re.compile(r"^(?:[a-z][a-z-]*|\d{1,3}(?:/\d{1,3})?)$", re.ASCII)
 _FORWARD = re.compile(r"^(tcp|udp)/([0-9-]+)\s*->\s*([A-Za-z0-9_.-]+?)(?::([0-9-]+))?$")
 
 #: peer text → address strings (raise ValueError naming the problem)

@@ -24,7 +24,11 @@ from .streams import TOKEN_VARIABLE, StreamEnds, parse_stream
 __all__ = ["PipeEnds", "RunConfig", "parse_variables", "PAPER_VARIABLES"]
 
 PAPER_VARIABLES = ("IFn", "IPn", "NETMASKn", "MTUn", "GATEWAY")
-_INDEXED = re.compile(r"^(IF|IP|NETMASK|MTU)(\d+)$")
+# ASCII digits only, whole name (str.isdigit and \d also take "²" and "١", which int() refuses
+# or reads as another number; "$" would also match before a trailing newline)
+_INDEXED = re.compile(r"(IF|IP|NETMASK|MTU)([0-9]+)\Z")
+# at most 9 digits: int() refuses strings of over 4300 digits with a ValueError
+_NUMBER = re.compile(r"[0-9]{1,9}\Z")
 _TAP = re.compile(r"^tap:([A-Za-z0-9_.-]{1,15})$")
 
 
@@ -89,7 +93,7 @@ def _parse_ip(name: str, value: str) -> ipaddress.IPv4Address:
 
 def _parse_prefix(name: str, value: str) -> int:
     value = value.strip()
-    if value.isdigit() and 0 <= int(value) <= 32:
+    if _NUMBER.match(value) and 0 <= int(value) <= 32:
         return int(value)
     try:
         return ipaddress.IPv4Network(f"0.0.0.0/{value}").prefixlen
@@ -98,7 +102,7 @@ def _parse_prefix(name: str, value: str) -> int:
 
 
 def _parse_mtu(name: str, value: str) -> int:
-    if not value.strip().isdigit() or not 68 <= int(value) <= MAX_MTU:
+    if not _NUMBER.match(value.strip()) or not 68 <= int(value) <= MAX_MTU:
         raise VariableError(name, f"{value!r} is not an MTU between 68 and {MAX_MTU}")
     return int(value)
 
@@ -116,7 +120,8 @@ def parse_variables(
     for key, value in env.items():
         match = _INDEXED.match(key)
         if match:
-            prefix, number = match.group(1), int(match.group(2))
+            digits = match.group(2)
+            prefix, number = match.group(1), int(digits) if len(digits) <= 9 else MAX_PORTS
             if number >= MAX_PORTS:
                 raise VariableError(key, f"only {prefix}0..{prefix}{MAX_PORTS - 1} exist")
             indexed[prefix][number] = value
@@ -163,7 +168,7 @@ def parse_variables(
             raise VariableError("SCRIPT", f"{script}: cannot read ({exc.strerror})") from None
     passthrough = {
         k: v for k, v in env.items()
-        if re.match(r"^(IP|NETMASK|MTU)\d+$|^GATEWAY$", k)
+        if re.match(r"(IP|NETMASK|MTU)[0-9]+\Z|GATEWAY\Z", k)
     }
     try:
         spec = InstanceSpec(
