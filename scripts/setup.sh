@@ -37,7 +37,7 @@ step "system packages (scripts/install-system-packages.sh)" sh scripts/install-s
 if [ ! -x "$VENV/bin/python" ]; then
     step "python venv in $VENV" make_venv
 fi
-step "build and install stdpkt-lab with its lab and test extras" \
-    "$VENV/bin/python" -m pip install -e ".[lab,test]"
+step "build and install stdpkt-lab with its lab, test and hub extras" \
+    "$VENV/bin/python" -m pip install -e ".[lab,test,hub]"
 touch "$STAMP"
 echo "setup: ready ($VENV/bin/stdpkt; full log: $LOG)"
