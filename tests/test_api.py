@@ -15,6 +15,9 @@ PACKAGE = Path(stdpkt_lab.__file__).parent
 MODULES = sorted(
     m.name for m in pkgutil.walk_packages([str(PACKAGE)], "stdpkt_lab.")
     if not m.name.startswith("stdpkt_lab.dashboard") and not m.name.endswith("._relay")
+    # _bin holds the guest programs and the kernel's LD_PRELOAD shim (stdpkt-xstate.so,
+    # which pkgutil takes for an extension module): no Python modules below it
+    and not m.name.startswith("stdpkt_lab._bin.")
 )
 
 
