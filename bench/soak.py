@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline = t0 + minutes * 60
         bar = tqdm(total=round(minutes * 60), desc="soak", unit="s")
         snap0: tracemalloc.Snapshot | None = None
+        traced_at = 0.0
         while time.monotonic() + round_s / 2 < deadline:
             secs = max(5, min(round_s, int(deadline - time.monotonic())))
             res = lab.exec("client", round_script(secs, args.rate), timeout=secs + 90)
@@ -302,13 +303,16 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)  # let the last frames land
             record(checkpoint(lab, t0))
             # tracemalloc sees only what is allocated after it starts: start it at the first
-            # steady checkpoint, take the reference snapshot at the next one (by then every
-            # bounded structure, e.g. the sampler history, holds traced objects only)
+            # steady checkpoint, take the reference snapshot once the sampler history has been
+            # refilled (by then every bounded structure holds traced objects only)
             if args.tracemalloc and snap0 is None:
-                if tracemalloc.is_tracing():
+                refill = (lab.sampler.history.maxlen or 0) / lab.sampler.rate_hz + 5
+                if tracemalloc.is_tracing() and time.monotonic() - traced_at > refill:
                     snap0 = tracemalloc.take_snapshot()
-                elif points[-1]["sampler_history"] == lab.sampler.history.maxlen:
+                elif (not tracemalloc.is_tracing()
+                      and points[-1]["sampler_history"] == lab.sampler.history.maxlen):
                     tracemalloc.start(8)
+                    traced_at = time.monotonic()
             bar.n = min(bar.total, round(time.monotonic() - t0))
             bar.set_postfix(rss=f"{points[-1]['rss_mib']:.1f}M", fds=points[-1]["fds"],
                             thr=points[-1]["threads"])
