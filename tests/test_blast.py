@@ -22,10 +22,12 @@ def test_blast_usage_errors_exit_2() -> None:
 
 @pytest.mark.uml
 def test_blast_between_two_instances_counts_delivered_bytes() -> None:
-    blast = helper("stdpkt-blast")
     with sl.Lab(sl.chain("a", "b"), progress=False) as lab:
+        # a checkout under /tmp or /root is hidden in the guests: run the copy they can see
+        blast_b = lab["b"].guest_path(helper("stdpkt-blast"))
+        blast = lab["a"].guest_path(helper("stdpkt-blast"))
         b_ip = str(lab.plan.address("b"))
-        lab.exec("b", f"{blast} recv 5202 </dev/null >/dev/null 2>&1 &").check()
+        lab.exec("b", f"{blast_b} recv 5202 </dev/null >/dev/null 2>&1 &").check()
         link = lab.link("a", "b")
         fwd = link.pump(link.a.name, link.b.name)
         for _ in range(50):  # the receiver is listening once a connect succeeds

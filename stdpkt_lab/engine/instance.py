@@ -320,6 +320,20 @@ class Instance:
         except InstanceDied as exc:
             raise self._died(exc) from exc
 
+    def guest_path(self, path: str | Path) -> str:
+        """Where this guest sees the host file ``path`` (a program to run in it, say): the path
+        itself, or a copy in the instance's run directory when the guest's own mounts hide it
+        (a checkout under /tmp or /root) or the kernel's user could not read it."""
+        host = str(Path(path).resolve())
+        confinement = self._confinement
+        if self._run_dir is None or confinement is None:
+            raise StateError(f"instance {self.name!r} is not started")
+        if not _hidden_in_guest(host) and not confinement.needs_private_copies:
+            return host
+        guest = _copy_into(host, self._run_dir)
+        confinement.prepare_run_dir(self._run_dir)
+        return guest
+
     def read_file(self, path: str, *, timeout: float = 5.0) -> bytes:
         """Read a guest file without starting a process in the guest."""
         agent = self._require_agent()
