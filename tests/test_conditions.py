@@ -99,7 +99,8 @@ def test_plan_puts_each_direction_on_the_senders_egress() -> None:
     a_setup, b_setup = plan["a"].spec.setup or "", plan["b"].spec.setup or ""
     assert "qdisc replace dev eth0 root handle 1: netem limit 1000 delay 20000us" in a_setup
     assert "tbf rate" not in a_setup
-    assert "parent 1:1 handle 10: tbf rate 10000000bit" in b_setup
+    assert "root handle 2: tbf rate 10000000bit" in b_setup
+    assert "parent 2:1 handle 10: netem limit 1000 delay 20000us" in b_setup
     assert "iperf3" in b_setup  # the kind's own set-up is kept, after the conditions
     assert build_plan(pair())["a"].spec.setup is None  # nothing when nothing is asked
     # netem acts per frame: the sender's aggregates (GSO, GRO) go off; a token bucket alone keeps them
@@ -127,8 +128,12 @@ def test_tc_lines_change_in_place_or_rebuild() -> None:
     both = LinkConditions(delay=0.01, rate=10_000_000)
     assert tc_batch("eth1", netem, previous="netem") == [
         "qdisc replace dev eth1 root handle 1: netem limit 1000 delay 10000us"]
-    lines = tc_batch("eth1", both, previous="netem")
-    assert lines[0] == "qdisc del dev eth1 root" and "parent 1:1 handle 10: tbf" in lines[2]
+    lines = tc_batch("eth1", both, previous="netem")  # the root is swapped, never deleted
+    assert lines[0].startswith("qdisc replace dev eth1 root handle 2: tbf rate 10000000bit")
+    assert lines[1].startswith("qdisc replace dev eth1 parent 2:1 handle 10: netem")
+    assert not any(" del " in line for line in lines + tc_batch("eth1", netem, previous="netem+tbf"))
+    back = tc_batch("eth1", LinkConditions(rate=10_000_000), previous="netem+tbf")
+    assert back[1].startswith("qdisc replace dev eth1 parent 2:1 handle 10: bfifo limit ")
     assert tc_batch("eth1", LinkConditions(rate=8_000_000), previous="")[0].startswith(
         "qdisc replace dev eth1 root handle 2: tbf rate 8000000bit burst 20000 ")
 

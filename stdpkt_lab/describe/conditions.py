@@ -272,23 +272,25 @@ def _tbf_args(rate: int, mtu: int) -> list[str]:
 def tc_batch(dev: str, cond: LinkConditions, *, mtu: int = 1500, previous: str = "") -> list[str]:
     """``tc -batch`` lines that turn ``dev``'s egress qdisc from shape ``previous`` into ``cond``.
 
-    Same shape: the qdiscs are changed in place (``replace`` at the same handle:
-    queued frames and established connections stay).  Another shape: the root is
-    deleted and the tree built afresh (the few queued frames are dropped).
+    The trees: ``netem`` alone at the root (handle 1:); ``tbf`` alone at the root
+    (handle 2:); both: ``tbf`` at the root and ``netem`` as its child (2:1, handle
+    10:), Mininet's order (a shaper over the emulator).  Every change is a
+    ``replace``: the same qdisc is changed in place (queued frames and connections
+    stay), a different root is swapped in one step, so there is never a moment
+    without the rate cap that the new conditions ask for (a ``del`` then ``add``
+    let a burst through at line rate).
     """
     shape = cond.shape
-    lines: list[str] = []
-    if previous and previous != shape:
-        lines.append(f"qdisc del dev {dev} root")
+    root = f"qdisc replace dev {dev} root"
     if shape == "netem":
-        lines.append(f"qdisc replace dev {dev} root handle 1: " + " ".join(_netem_args(cond)))
-    elif shape == "tbf":
-        assert cond.rate is not None
-        lines.append(f"qdisc replace dev {dev} root handle 2: " + " ".join(_tbf_args(cond.rate, mtu)))
-    elif shape == "netem+tbf":
-        assert cond.rate is not None
-        lines.append(f"qdisc replace dev {dev} root handle 1: " + " ".join(_netem_args(cond)))
-        lines.append(f"qdisc replace dev {dev} parent 1:1 handle 10: " + " ".join(_tbf_args(cond.rate, mtu)))
+        return [f"{root} handle 1: " + " ".join(_netem_args(cond))]
+    assert cond.rate is not None
+    tbf = _tbf_args(cond.rate, mtu)
+    lines = [f"{root} handle 2: " + " ".join(tbf)]
+    if shape == "netem+tbf":
+        lines.append(f"qdisc replace dev {dev} parent 2:1 handle 10: " + " ".join(_netem_args(cond)))
+    elif previous == "netem+tbf":  # the netem child goes; the tbf's own kind of queue comes back
+        lines.append(f"qdisc replace dev {dev} parent 2:1 handle 10: bfifo limit {tbf[tbf.index('limit') + 1]}")
     return lines
 
 
