@@ -104,7 +104,10 @@ class ControlServer:
         sock.listen(4)
         sock.settimeout(0.2)
         self._sock = sock
-        os.symlink(self._path, link)
+        try:
+            os.symlink(self._path, link)
+        except FileNotFoundError:  # the last other instance removed the empty directory just now
+            os.symlink(self._path, control_dir(create=True) / link.name)
         self._link = link
         self._thread = threading.Thread(target=self._serve, name=f"stdpkt-control-{name}", daemon=True)
         self._thread.start()
@@ -234,6 +237,9 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 if self._link.is_symlink() and os.readlink(self._link) == str(self._path):
                     self._link.unlink()
+            if not os.environ.get("STDPKT_CONTROL_DIR"):  # ours, not one the user named
+                with contextlib.suppress(OSError):  # the per-user directory goes with its last name
+                    self._link.parent.rmdir()
         if self._path is not None:
             self._path.unlink(missing_ok=True)
 
