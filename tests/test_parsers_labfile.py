@@ -8,9 +8,7 @@ A graph it returns round-trips through save_lab.
 from __future__ import annotations
 
 import json
-import signal
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import networkx as nx
@@ -22,21 +20,9 @@ from hypothesis import strategies as st
 from stdpkt_lab.describe.labfile import load_lab, save_lab
 from stdpkt_lab.errors import LabFileError
 
+from .hangs import no_hang
+
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@contextmanager
-def no_hang(seconds: int = 10):
-    def alarm(signum, frame):  # pragma: no cover - only on a hang
-        raise AssertionError(f"load_lab did not return within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def load_text(text: str | bytes, suffix: str) -> nx.Graph | LabFileError:
@@ -46,7 +32,7 @@ def load_text(text: str | bytes, suffix: str) -> nx.Graph | LabFileError:
             path.write_bytes(text)
         else:
             path.write_text(text)
-        with no_hang():
+        with no_hang("load_lab", 10):
             try:
                 g = load_lab(path)
             except LabFileError as exc:

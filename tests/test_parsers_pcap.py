@@ -7,9 +7,7 @@ frames; a stream cut anywhere decodes to a prefix of its frames or raises PcapEr
 
 from __future__ import annotations
 
-import signal
 import struct
-from contextlib import contextmanager
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -17,25 +15,13 @@ from hypothesis import strategies as st
 from stdpkt_lab.errors import PcapError
 from stdpkt_lab.relay import pcap
 
+from .hangs import no_hang
+
 SETTINGS = settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@contextmanager
-def no_hang(seconds: int = 5):
-    def alarm(signum, frame):  # pragma: no cover - only on a hang
-        raise AssertionError(f"decode did not return within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def decode(data: bytes) -> list[pcap.Record] | PcapError:
-    with no_hang():
+    with no_hang("decode", 5):
         try:
             return pcap.decode(data)
         except PcapError as exc:

@@ -7,30 +7,15 @@ well-formed: ports within 1..65535, ranges not backwards, at most 15 items (ipta
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
-
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stdpkt_lab.describe.rules import Forward, Rule, parse_forward, parse_rule, resolve_peer
 
+from .hangs import no_hang
+
 SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@contextmanager
-def no_hang(seconds: int = 5):
-    def alarm(signum, frame):  # pragma: no cover - only on a hang
-        raise AssertionError(f"parser did not return within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 numbers = st.one_of(
@@ -73,7 +58,7 @@ def _check_ports(items: tuple[str, ...] | str) -> None:
 @example("icmp/١")
 @example("icmp/echo-request from a,b to 10.0.0.0/24")
 def test_any_rule_text_parses_or_raises_value_error(text: str) -> None:
-    with no_hang():
+    with no_hang("parser", 5):
         try:
             rule = parse_rule(text)
         except ValueError as exc:
@@ -92,7 +77,7 @@ def test_any_rule_text_parses_or_raises_value_error(text: str) -> None:
 @example("tcp/⑴->server")
 @example("tcp/8080->server:" + "9" * 5000)
 def test_any_forward_text_parses_or_raises_value_error(text: str) -> None:
-    with no_hang():
+    with no_hang("parser", 5):
         try:
             fwd = parse_forward(text)
         except ValueError as exc:
@@ -108,7 +93,7 @@ def test_any_forward_text_parses_or_raises_value_error(text: str) -> None:
 @SETTINGS
 @given(peers)
 def test_any_peer_resolves_or_raises_value_error(text: str) -> None:
-    with no_hang():
+    with no_hang("parser", 5):
         try:
             out = resolve_peer(text, lambda name: ["10.0.0.9"] if name == "client" else None, ["client"])
         except ValueError as exc:

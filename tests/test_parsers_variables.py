@@ -7,8 +7,6 @@ Property: for ANY environment, parse_variables returns a RunConfig or raises Var
 from __future__ import annotations
 
 import ipaddress
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,23 +16,9 @@ from hypothesis import strategies as st
 from stdpkt_lab.engine.variables import RunConfig, parse_variables
 from stdpkt_lab.errors import VariableError
 
+from .hangs import no_hang
+
 SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@contextmanager
-def no_hang(seconds: int = 5):
-    """Fails the example if the parser takes longer than `seconds` (a hang)."""
-
-    def alarm(signum, frame):  # pragma: no cover - only on a hang
-        raise AssertionError(f"parser did not return within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # values: near-misses of valid ones (digits of every script, separators, spaces) and any text
@@ -59,7 +43,7 @@ envs = st.dictionaries(keys, near, max_size=8)
 
 
 def _check(env: dict[str, str], script: Path | None) -> None:
-    with no_hang():
+    with no_hang("parser", 5):
         try:
             cfg = parse_variables(env, name="fuzz", script=script)
         except VariableError as exc:
