@@ -158,19 +158,21 @@ def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: float) -> None:
-    """The same two instances joined by one SOCK_SEQPACKET socketpair: no relay at all."""
+def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
+               vhost: bool = False) -> None:
+    """The same two instances joined by one SOCK_SEQPACKET socketpair: no relay at all.
+    ``vhost``: virtio-net ports whose two back ends share the socketpair."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for end in (a, b):  # the buffers the engine gives its own port sockets
         grow_socket_buffers(end)
     tag = f"{os.getpid()}-{mtu}"
     rx = Instance(InstanceSpec(
         f"gd-rx-{tag}", mem_mb=mem, script=work / "rx.sh",
-        ports=(PortSpec(0, ipaddress.IPv4Interface(RX_ADDR), mtu, fd=b.fileno()),),
+        ports=(PortSpec(0, ipaddress.IPv4Interface(RX_ADDR), mtu, fd=b.fileno(), vhost=vhost),),
     ))
     tx = Instance(InstanceSpec(
         f"gd-tx-{tag}", mem_mb=mem, script=work / "tx.sh", oneshot=True,
-        ports=(PortSpec(0, ipaddress.IPv4Interface(TX_ADDR), mtu, fd=a.fileno()),),
+        ports=(PortSpec(0, ipaddress.IPv4Interface(TX_ADDR), mtu, fd=a.fileno(), vhost=vhost),),
     ), on_console=collector.feed)
     try:
         rx.start()
@@ -189,16 +191,16 @@ def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: fl
 
 
 def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
-              env: dict[str, str] | None = None) -> None:
+              env: dict[str, str] | None = None, vhost: bool = False) -> None:
     """Diagnostic: the two instances joined by one in-process C relay (a Link: one pump per
     direction, no pipe), to split the pipe path's cost between relaying and the pipe hop."""
     from stdpkt_lab.engine.links import Link
 
     tag = f"{os.getpid()}-{mtu}"
     rx = Instance(InstanceSpec(f"gr-rx-{tag}", mem_mb=mem, script=work / "rx.sh",
-                               ports=(PortSpec(0, ipaddress.IPv4Interface(RX_ADDR), mtu),)))
+                               ports=(PortSpec(0, ipaddress.IPv4Interface(RX_ADDR), mtu, vhost=vhost),)))
     tx = Instance(InstanceSpec(f"gr-tx-{tag}", mem_mb=mem, script=work / "tx.sh", oneshot=True,
-                               ports=(PortSpec(0, ipaddress.IPv4Interface(TX_ADDR), mtu),)),
+                               ports=(PortSpec(0, ipaddress.IPv4Interface(TX_ADDR), mtu, vhost=vhost),)),
                   on_console=collector.feed)
     link: Link | None = None
     try:
@@ -328,6 +330,10 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     "pipe+batch64": functools.partial(run_pipe, env=BATCH64),
     "lab+batch64": functools.partial(run_relay, env=BATCH64),
     "lab+1thread": functools.partial(run_relay, env={"STDPKT_LINK_THREADS": "one"}),
+    # virtio-net over vhost-user with checksum offload and TSO (stdpkt_lab/engine/vhost.py)
+    "pipe+vhost": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost"}),
+    "lab+vhost": functools.partial(run_relay, vhost=True),
+    "direct+vhost": functools.partial(run_direct, vhost=True),
     # each `stdpkt run` (its kernel, guest processes and relays) on a core of its own
     "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
                                   rx_prefix=(str(_taskset), "-c", "1")),

@@ -43,6 +43,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
@@ -557,6 +558,49 @@ static void announce(void)
     }
 }
 
+/* vhost-user ports (STDPKT_VHOST="0 2": their indices): the kernel connected them at
+ * boot as virtio-uml.<index>; load virtio_net and name each interface vec<index>, so
+ * that everything after treats them as it treats vector ports. */
+static void vhost_ports(void)
+{
+    const char *which = env_or("STDPKT_VHOST", NULL);
+    if (!which || !*which)
+        return;
+    const char *argv[] = {"/run/stdpkt/bin/modprobe", "virtio_net", NULL};
+    pid_t pid = spawn(argv, 0, 1);
+    if (pid < 0 || wait_for(pid) != 0) {
+        say("stdpkt-init: modprobe virtio_net failed");
+        return;
+    }
+    DIR *d = opendir("/sys/class/net");
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), found = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char path[300], link[512], vec[IFNAMSIZ];
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/sys/class/net/%s", e->d_name);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n <= 0)
+            continue;
+        link[n] = 0;
+        const char *at = strstr(link, "/virtio-uml.");
+        if (!at)
+            continue;
+        snprintf(vec, sizeof vec, "vec%d", atoi(at + strlen("/virtio-uml.")));
+        int rc = rename_if(s, e->d_name, vec);
+        if (rc < 0)
+            say("stdpkt-init: link set %s name %s: %s", e->d_name, vec, strerror(-rc));
+        else
+            found++;
+    }
+    if (d)
+        closedir(d);
+    close(s);
+    if (!found)
+        say("stdpkt-init: no virtio-net interface for STDPKT_VHOST=%s", which);
+}
+
 /* vecN -> ethN (a pooled instance does it while it waits for its configuration). */
 static void rename_all(void)
 {
@@ -766,6 +810,7 @@ int main(void)
     signal(SIGINT, SIG_IGN);
     signal(SIGQUIT, SIG_IGN);
     prepare();
+    vhost_ports();
     if (!strcmp(env_or("STDPKT_POOL", "0"), "1")) {
         /* everything that does not depend on the configuration, then wait for it */
         announce();

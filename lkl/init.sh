@@ -58,6 +58,18 @@ for t in iptables ip6tables; do
 done
 PATH=/run/stdpkt/bin:$PATH
 
+# vhost-user ports (STDPKT_VHOST: their indices) are virtio-uml.<index>: load
+# virtio_net and name them vec<index>, as vector ports are.
+if [ -n "${STDPKT_VHOST:-}" ]; then
+    /run/stdpkt/bin/modprobe virtio_net || echo "stdpkt-init: modprobe virtio_net failed"
+    for d in /sys/class/net/*; do
+        l=$(readlink "$d") || continue
+        case $l in
+        */virtio-uml.*) k=${l#*/virtio-uml.}; ip link set "${d##*/}" name "vec${k%%/*}" ;;
+        esac
+    done
+fi
+
 [ -n "$STDPKT_HOSTS" ] && mount --bind "$STDPKT_HOSTS" /etc/hosts
 [ -n "$STDPKT_NAME" ] && echo "$STDPKT_NAME" > /proc/sys/kernel/hostname
 echo 0 > /proc/sys/kernel/ctrl-alt-del

@@ -32,7 +32,7 @@ from typing import Any
 
 import networkx as nx
 
-from ..engine.spec import InstanceSpec, PortSpec
+from ..engine.spec import InstanceSpec, PortSpec, port_kind
 from ..errors import ChainError
 from .addressing import Addressing, RawLink, assign_addresses
 from .conditions import LinkConditions, edge_conditions, setup_text
@@ -251,7 +251,8 @@ def build_plan(
         devices = [f"eth{p.index}" for p in addressing.ports[n]]
         nodes[n] = _node_plan(n, kinds[n], ctxs[n], graph.nodes[n], tables[n], order, hosts,
                               setup_text(shaping[n], devices),
-                              ipv6_default=graph.graph.get("ipv6", False))
+                              ipv6_default=graph.graph.get("ipv6", False),
+                              ports_default=graph.graph.get("ports"))
     return ChainPlan(graph, nodes, tuple(link_plans), resolved)
 
 
@@ -380,6 +381,7 @@ def _node_plan(
     conditions_setup: str = "",
     *,
     ipv6_default: object = False,
+    ports_default: object = None,
 ) -> NodePlan:
     routes = format_routes(table, order)
     gateway = table.gateway
@@ -399,7 +401,12 @@ def _node_plan(
     ipv6 = attrs.get("ipv6", ipv6_default)
     if not isinstance(ipv6, bool):
         raise ctx.error(f"ipv6 must be True or False, got {ipv6!r}")
-    ports = tuple(PortSpec(p.index, p.address, p.mtu, mac=p.mac) for p in ctx.ports)
+    try:
+        vhost, offload = port_kind(attrs.get("ports", ports_default), "ports")
+    except ValueError as e:
+        raise ctx.error(str(e)) from None
+    ports = tuple(PortSpec(p.index, p.address, p.mtu, mac=p.mac, vhost=vhost, offload=offload)
+                  for p in ctx.ports)
     try:
         spec = InstanceSpec(
             name=name,

@@ -22,6 +22,7 @@ class VectorPort:
     tap: str | None = None
     depth: int = 512  # TX queue depth: 64 (the default) drops frames at MTU 1500
     mac: str | None = None  # fixed MAC (the vector driver's mac= option); None: random
+    vhost: str | None = None  # a vhost-user socket path: virtio_uml.device=PATH:1:INDEX instead
 
 
 @lru_cache(maxsize=4)
@@ -71,6 +72,9 @@ def kernel_args(
     if agent is not None:
         args.append(f"con1=fd:{agent[0]},fd:{agent[1]}")
     for index, port in enumerate(ports):
+        if port.vhost is not None:  # virtio-net over vhost-user (engine/vhost.py)
+            args.append(f"virtio_uml.device={port.vhost}:1:{index}")
+            continue
         if port.tap is not None:
             opts = f"transport=tap,ifname={port.tap},depth={port.depth}"
         else:

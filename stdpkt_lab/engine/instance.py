@@ -50,6 +50,7 @@ from .mconsole import MConsole
 from .ownership import add_owner, create_owned_subdir, kill_marked, remove_run_dir
 from .paths import helper, kernel_binary, lkl_dir, make_run_root
 from .spec import InstanceSpec
+from .vhost import VhostPort, random_mac
 
 if TYPE_CHECKING:
     from .agent import AgentClient, ExecResult
@@ -111,6 +112,7 @@ class Instance:
         self._run_dir: Path | None = None
         self._owns_run_dir = False
         self._host_ports: list[socket.socket | None] = []
+        self._vhost: dict[int, VhostPort] = {}
         self._fds: list[int] = []  # our ends: console read, console input write
         self._agent: AgentClient | None = None
         self._mconsole: MConsole | None = None
@@ -153,6 +155,13 @@ class Instance:
                 f"instance {self.name!r}: eth{index} has no host end (a tap device or the caller's fd)"
             )
         return sock
+
+    def vhost(self, index: int) -> VhostPort:
+        """The vhost-user back end of port ``index`` (booted with ``PortSpec(vhost=True)``)."""
+        try:
+            return self._vhost[index]
+        except KeyError:
+            raise StateError(f"instance {self.name!r}: eth{index} is not a vhost-user port") from None
 
     @property
     def mconsole(self) -> MConsole:
@@ -395,6 +404,14 @@ class Instance:
                     ports.append(bootprofile.VectorPort(mtu=port.mtu, tap=port.tap, mac=port.mac))
                     self._host_ports.append(None)
                     continue
+                if port.fd is not None and port.vhost:  # our thread serves the caller's socket
+                    path = run_dir / f"vhost{port.index}.sock"
+                    self._vhost[port.index] = VhostPort(path, port.fd, mtu=port.mtu,
+                                                        mac=port.mac or random_mac(),
+                                                        offload=port.offload)
+                    ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=str(path)))
+                    self._host_ports.append(None)
+                    continue
                 if port.fd is not None:  # the caller's socket: the kernel gets a duplicate
                     guest_fds.append(os.dup(port.fd))
                     ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu, mac=port.mac))
@@ -404,6 +421,16 @@ class Instance:
                 grow_socket_buffers(host_end)
                 grow_socket_buffers(guest_end)
                 self._host_ports.append(host_end)
+                if port.vhost:  # our thread serves the guest's virtio-net on guest_end
+                    path = run_dir / f"vhost{port.index}.sock"
+                    try:
+                        self._vhost[port.index] = VhostPort(path, guest_end, mtu=port.mtu,
+                                                            mac=port.mac or random_mac(),
+                                                            offload=port.offload)
+                    finally:
+                        guest_end.close()
+                    ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=str(path)))
+                    continue
                 guest_fds.append(guest_end.detach())
                 ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu, mac=port.mac))
             cons_r, cons_w = os.pipe()
@@ -484,6 +511,7 @@ class Instance:
             # ports that announce themselves (gratuitous ARP) when they come up: not taps,
             # whose kernel end errors out for good if written before the host side is up
             "STDPKT_ANNOUNCE": " ".join(str(p.index) for p in spec.ports if p.tap is None),
+            "STDPKT_VHOST": " ".join(str(p.index) for p in spec.ports if p.vhost),
         }
         for port in spec.ports:
             if port.address is not None:
@@ -551,6 +579,9 @@ class Instance:
 
     def _teardown(self, timeout: float = 5.0) -> None:
         proc = self._proc
+        if proc is not None and proc.poll() is None and self._vhost:
+            for vport in self._vhost.values():  # the guest removes its virtio devices first
+                vport.detach(timeout=1.0)
         if proc is not None:
             _end_processes(proc, self._run_dir, timeout)
         if self._agent is not None:
@@ -560,6 +591,8 @@ class Instance:
         for sock in self._host_ports:
             if sock is not None:
                 sock.close()
+        for vport in self._vhost.values():  # after the kernel: it maps the guest's memory
+            vport.close()
         for fd in self._fds[1:]:  # fds[0] (console) is closed by the monitor thread
             _close_quietly(fd)
         self._fds[1:] = []

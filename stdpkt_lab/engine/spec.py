@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,24 @@ MAX_PORTS = 8
 MAX_MTU = 65534
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+
+
+#: Port kinds: (vhost, offload).  ``vector``: UML's vector driver on a socketpair;
+#: ``vhost``: virtio-net over vhost-user with checksum offload and TSO; ``vhost-plain``:
+#: virtio-net without offload (plain frames everywhere).
+PORT_KINDS: dict[str, tuple[bool, bool]] = {
+    "vector": (False, True), "vhost": (True, True), "vhost-plain": (True, False)}
+#: The default kind of every port, for ``stdpkt run`` and a Lab alike.
+PORTS_VARIABLE = "STDPKT_PORTS"
+
+
+def port_kind(value: object | None, where: str = PORTS_VARIABLE) -> tuple[bool, bool]:
+    """``(vhost, offload)`` for a port kind name; None: ``$STDPKT_PORTS``, else vector."""
+    if value is None:
+        value = os.environ.get(PORTS_VARIABLE) or "vector"
+    if not isinstance(value, str) or value not in PORT_KINDS:
+        raise ValueError(f"{where}: unknown port kind {value!r} (one of {', '.join(PORT_KINDS)})")
+    return PORT_KINDS[value]
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,12 @@ class PortSpec:
     fd: int | None = None
     #: Fixed MAC address (``"02:00:00:00:00:01"``); None lets the kernel choose one.
     mac: str | None = None
+    #: A virtio-net device served over vhost-user (:mod:`stdpkt_lab.engine.vhost`)
+    #: instead of UML's vector driver; its host end is the same kind of socket.
+    vhost: bool = False
+    #: With ``vhost``: offer checksum offload and TSO (TCP super-frames of up to 64 KiB
+    #: cross links and pipes whole; README, "The data path").
+    offload: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < MAX_PORTS:
@@ -45,6 +70,8 @@ class PortSpec:
             raise ValueError(f"MTU {self.mtu} outside 68..{MAX_MTU}")
         if self.tap is not None and self.fd is not None:
             raise ValueError(f"port {self.index}: tap and fd exclude each other")
+        if self.vhost and self.tap is not None:
+            raise ValueError(f"port {self.index}: a vhost port is not a tap device")
         if self.mac is not None and not _MAC.match(self.mac):
             raise ValueError(f"port {self.index}: MAC {self.mac!r} is not six hex bytes a:b:c:d:e:f")
 

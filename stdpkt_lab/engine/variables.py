@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VariableError
-from .spec import MAX_MTU, MAX_PORTS, InstanceSpec, PortSpec
+from .spec import MAX_MTU, MAX_PORTS, PORTS_VARIABLE, InstanceSpec, PortSpec, port_kind
 from .streams import TOKEN_VARIABLE, StreamEnds, parse_stream
 
 __all__ = ["PipeEnds", "RunConfig", "parse_variables", "PAPER_VARIABLES"]
@@ -147,7 +147,8 @@ def parse_variables(
         elif number in indexed["NETMASK"]:
             raise VariableError(f"NETMASK{number}", f"is set but IP{number} is not")
         mtu = _parse_mtu(f"MTU{number}", indexed["MTU"][number]) if number in indexed["MTU"] else 1500
-        ports.append(PortSpec(number, address, mtu, tap=tap))
+        vhost, offload = (False, True) if tap is not None else _port_kind(env)
+        ports.append(PortSpec(number, address, mtu, tap=tap, vhost=vhost, offload=offload))
         if isinstance(ends, StreamEnds):
             if not env.get(TOKEN_VARIABLE):
                 raise VariableError(f"IF{number}", f"{ifs[number]!r} needs {TOKEN_VARIABLE}: the same "
@@ -183,3 +184,10 @@ def parse_variables(
     except ValueError as exc:
         raise VariableError("instance", str(exc)) from None
     return RunConfig(spec, tuple(pipes), tuple(streams))
+
+
+def _port_kind(env: Mapping[str, str]) -> tuple[bool, bool]:
+    try:
+        return port_kind(env.get(PORTS_VARIABLE) or "vector")
+    except ValueError as e:
+        raise VariableError(PORTS_VARIABLE, str(e).split(": ", 1)[1]) from None

@@ -187,6 +187,44 @@ int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uin
 int relay_remove_steer(relay *r, uint32_t rule_id);
 /* 0 or -ENOENT. */
 int relay_get_steer_stats(relay *r, uint32_t rule_id, relay_steer_stats *out);
+/* ---- vhost-user ports (vhost.c) ----
+ * A guest booted with virtio_uml.device=PATH:1 connects to PATH; the port's thread
+ * answers the protocol and bridges its virtio-net queues to data_fd, a
+ * SOCK_SEQPACKET socket (one frame per message), like a vector port's host end. */
+typedef struct relay_vhost relay_vhost;
+
+typedef struct relay_vhost_stats {
+    uint64_t tx_frames;      /* guest -> socket */
+    uint64_t tx_bytes;
+    uint64_t tx_drops;       /* bad chains, refused or unsent frames */
+    uint64_t tx_gso;         /* TCP super-frames the guest sent (TSO) */
+    uint64_t rx_frames;      /* socket -> guest */
+    uint64_t rx_bytes;
+    uint64_t rx_drops;       /* frames larger than all of the guest's buffers */
+    uint64_t rx_gso;         /* frames given to the guest as super-frames */
+    uint64_t features;       /* what the guest's driver accepted (virtio feature bits) */
+    uint32_t connected;      /* the guest's kernel is connected */
+    uint32_t ready;          /* both queues are running */
+} relay_vhost_stats;
+
+/* Listens on path (a new unix stream socket; removed once the guest connects or at
+ * free).  data_fd: the relay's side is duplicated.  mac: 6 bytes.  offload: offer
+ * checksum offload and TSO.  NULL on error (errno). */
+relay_vhost *relay_vhost_new(const char *path, int data_fd, uint32_t mtu, const uint8_t *mac,
+                             int offload);
+/* Starts the port's thread. 0 or -errno. */
+int relay_vhost_start(relay_vhost *v);
+/* on: complete checksums and cut super-frames before they leave (for a peer without
+ * offload: a vector port, a pcap reader that checks checksums). */
+void relay_vhost_set_finish(relay_vhost *v, int on);
+/* Asks the guest to remove the device (its slave channel ends; it unregisters the
+ * device in a worker while the thread still answers).  Before stopping the kernel:
+ * UML 6.1 panics removing a virtio_uml device in its exit path. */
+void relay_vhost_detach(relay_vhost *v);
+void relay_vhost_get_stats(relay_vhost *v, relay_vhost_stats *out);
+size_t relay_vhost_last_error(relay_vhost *v, char *buf, size_t len);
+/* Stops the thread, unmaps the guest's memory, closes everything. */
+void relay_vhost_free(relay_vhost *v);
 /* ---- cdef end ---- */
 
 #endif /* STDPKT_RELAY_H */

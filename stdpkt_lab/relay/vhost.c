@@ -1,0 +1,948 @@
+/*
+ * vhost.c - a vhost-user net back end per port (vhost.h; API in relay.h).
+ *
+ * One thread per port: it listens on the port's socket path, accepts the
+ * guest kernel (UML's virtio_uml, the front end), answers the protocol, maps
+ * the guest's memory, and then moves frames between the two virtqueues and a
+ * SOCK_SEQPACKET socket (the port's host end, which relays serve):
+ *
+ *   transmit queue (1) -> sendmmsg() straight from guest buffers -> socket
+ *   socket -> recvmsg() straight into guest receive buffers -> receive queue (0)
+ *
+ * With offload (the default) the guest may send partial checksums and TCP
+ * super-frames (TSO); the receiving port re-creates the virtio-net header from
+ * each frame (offload.c).  relay_vhost_set_finish() makes the transmit side
+ * complete checksums and segment super-frames in software, for a peer that
+ * cannot take them (a vector port).
+ */
+#define _GNU_SOURCE
+#include "vhost.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* protocol */
+enum {
+    GET_FEATURES = 1, SET_FEATURES = 2, SET_OWNER = 3, RESET_OWNER = 4, SET_MEM_TABLE = 5,
+    SET_LOG_BASE = 6, SET_LOG_FD = 7, SET_VRING_NUM = 8, SET_VRING_ADDR = 9,
+    SET_VRING_BASE = 10, GET_VRING_BASE = 11, SET_VRING_KICK = 12, SET_VRING_CALL = 13,
+    SET_VRING_ERR = 14, GET_PROTOCOL_FEATURES = 15, SET_PROTOCOL_FEATURES = 16,
+    GET_QUEUE_NUM = 17, SET_VRING_ENABLE = 18, SET_SLAVE_REQ_FD = 21, GET_CONFIG = 24,
+    SET_CONFIG = 25,
+};
+#define FLAG_VERSION 1u
+#define FLAG_REPLY 4u
+#define FLAG_NEED_REPLY 8u
+#define VRING_NOFD 0x100u
+#define MAX_PAYLOAD 512
+
+/* features */
+#define F_CSUM 0
+#define F_GUEST_CSUM 1
+#define F_MTU 3
+#define F_MAC 5
+#define F_GUEST_TSO4 7
+#define F_GUEST_TSO6 8
+#define F_GUEST_ECN 9
+#define F_HOST_TSO4 11
+#define F_HOST_TSO6 12
+#define F_MRG_RXBUF 15
+#define F_INDIRECT 28
+#define F_PROTOCOL 30
+#define F_VERSION_1 32
+#define PF_REPLY_ACK 3
+#define PF_SLAVE_REQ 5                /* UML 6.1 takes its device's interrupt number from it */
+#define PF_CONFIG 9
+#define PF_OFFERED (BIT(PF_REPLY_ACK) | BIT(PF_SLAVE_REQ) | BIT(PF_CONFIG))
+#define BIT(n) (1ull << (n))
+
+#define TX_BATCH 64
+#define RX_IOV 256
+#define FRAME_ROOM (VU_NET_HDR + RELAY_FRAME_MAX)
+
+typedef struct msg {
+    uint32_t request, flags, size;
+    uint8_t payload[MAX_PAYLOAD];
+} __attribute__((packed)) msg;
+
+struct relay_vhost {
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    int lfd, cfd, data, stopfd, slave, wakefd;
+    int detach;                   /* atomic: close the slave channel (the guest removes the device) */
+    pthread_t thread;
+    int started;
+    uint64_t offered, acked, proto;
+    uint32_t mtu;
+    uint8_t mac[6];
+    int offload;
+    int finish;                   /* atomic: complete frames in software on transmit */
+    vu_mem mem;
+    vu_queue q[2];                /* 0 receive, 1 transmit */
+    int tx_blocked, rx_starved, data_eof, guest_gone;
+    relay_vhost_stats st;
+    pthread_mutex_t err_lock;
+    char err[320];
+    uint8_t *bounce, *scratch;    /* finishing: a linear copy of a frame, and a segment */
+    vu_chain tx[TX_BATCH];        /* one transmit batch */
+    struct mmsghdr mm[TX_BATCH];
+    struct iovec rx_iov[RX_IOV];  /* the receive buffers one frame may fill */
+    uint16_t rx_head[RX_IOV];
+    uint32_t rx_room[RX_IOV];
+};
+
+static void vh_err(relay_vhost *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void vh_err(relay_vhost *v, const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&v->err_lock);
+    va_start(ap, fmt);
+    vsnprintf(v->err, sizeof v->err, fmt, ap);
+    va_end(ap);
+    pthread_mutex_unlock(&v->err_lock);
+}
+
+static inline void add(uint64_t *p, uint64_t n)
+{
+    __atomic_store_n(p, *p + n, __ATOMIC_RELAXED);
+}
+
+/* ------------------------------------------------------------ memory, queues */
+
+static void unmap_all(relay_vhost *v)
+{
+    for (uint32_t i = 0; i < v->mem.n; i++)
+        if (v->mem.r[i].map_base)
+            munmap(v->mem.r[i].map_base, v->mem.r[i].map_len);
+    memset(&v->mem, 0, sizeof v->mem);
+    for (int i = 0; i < 2; i++) {
+        v->q[i].desc = NULL;
+        v->q[i].avail = v->q[i].used_hdr = NULL;
+        v->q[i].used = NULL;
+    }
+}
+
+static void close_queue(vu_queue *q)
+{
+    if (q->kick >= 0)
+        close(q->kick);
+    if (q->call >= 0)
+        close(q->call);
+    if (q->err >= 0)
+        close(q->err);
+    memset(q, 0, sizeof *q);
+    q->kick = q->call = q->err = -1;
+}
+
+static int ready(relay_vhost *v)
+{
+    for (int i = 0; i < 2; i++)
+        if (!v->q[i].desc || !v->q[i].enabled || v->q[i].kick < 0)
+            return 0;
+    return 1;
+}
+
+/* The guest went away (or broke the protocol): its port's socket ends, as a
+ * vector port's does when its kernel exits. */
+static void guest_gone(relay_vhost *v, const char *why)
+{
+    if (v->cfd >= 0)
+        close(v->cfd);
+    v->cfd = -1;
+    if (v->slave >= 0)
+        close(v->slave);
+    v->slave = -1;
+    unmap_all(v);
+    close_queue(&v->q[0]);
+    close_queue(&v->q[1]);
+    if (why)
+        vh_err(v, "%s", why);
+    if (!v->guest_gone && v->data >= 0)
+        shutdown(v->data, SHUT_RDWR);
+    v->guest_gone = 1;
+    __atomic_store_n(&v->st.connected, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&v->st.ready, 0, __ATOMIC_RELAXED);
+}
+
+/* ------------------------------------------------------------ messages */
+
+static int reply(relay_vhost *v, msg *m, const void *payload, uint32_t size)
+{
+    msg r;
+    r.request = m->request;
+    r.flags = FLAG_VERSION | FLAG_REPLY;
+    r.size = size;
+    memcpy(r.payload, payload, size);
+    size_t len = 12 + size;
+    const uint8_t *p = (const uint8_t *)&r;
+    while (len) {
+        ssize_t w = send(v->cfd, p, len, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+static int reply_u64(relay_vhost *v, msg *m, uint64_t x)
+{
+    return reply(v, m, &x, 8);
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t k = recv(fd, p, len, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        p += k;
+        len -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Reads one message and its descriptors (up to VU_MAX_REGIONS).  0, or -1: gone. */
+static int recv_msg(relay_vhost *v, msg *m, int *fds, int *nfds)
+{
+    char cbuf[CMSG_SPACE(sizeof(int) * VU_MAX_REGIONS)];
+    struct iovec iov = { m, 12 };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                         .msg_controllen = sizeof cbuf };
+    ssize_t k;
+    *nfds = 0;
+    do
+        k = recvmsg(v->cfd, &mh, MSG_CMSG_CLOEXEC);
+    while (k < 0 && errno == EINTR);
+    if (k <= 0)
+        return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < n; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                if (*nfds < VU_MAX_REGIONS)
+                    fds[(*nfds)++] = fd;
+                else
+                    close(fd);
+            }
+        }
+    }
+    if (k < 12 && read_full(v->cfd, (uint8_t *)m + k, (size_t)(12 - k)) < 0)
+        return -1;
+    if (m->size > MAX_PAYLOAD) {
+        vh_err(v, "vhost-user message %u with a payload of %u bytes", m->request, m->size);
+        return -1;
+    }
+    return m->size ? read_full(v->cfd, m->payload, m->size) : 0;
+}
+
+static int set_mem_table(relay_vhost *v, msg *m, int *fds, int nfds)
+{
+    uint32_t n;
+    memcpy(&n, m->payload, 4);
+    if (n == 0 || n > VU_MAX_REGIONS || (int)n != nfds || m->size < 8 + 32 * n) {
+        vh_err(v, "memory table with %u regions and %d descriptors", n, nfds);
+        return -1;
+    }
+    unmap_all(v);
+    for (uint32_t i = 0; i < n; i++) {
+        vu_region *r = &v->mem.r[i];
+        memcpy(&r->gpa, m->payload + 8 + 32 * i, 8);
+        memcpy(&r->size, m->payload + 16 + 32 * i, 8);
+        memcpy(&r->uva, m->payload + 24 + 32 * i, 8);
+        memcpy(&r->mmap_offset, m->payload + 32 + 32 * i, 8);
+        long page = sysconf(_SC_PAGESIZE);
+        uint64_t lead = r->mmap_offset % (uint64_t)page;
+        r->map_len = (size_t)(r->size + lead);
+        void *p = mmap(NULL, r->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i],
+                       (off_t)(r->mmap_offset - lead));
+        if (p == MAP_FAILED) {
+            vh_err(v, "mapping the guest's memory (%llu bytes): %s",
+                   (unsigned long long)r->size, strerror(errno));
+            r->host = NULL;
+            v->mem.n = i;
+            return -1;
+        }
+        r->host = (uint8_t *)p + lead;
+        r->map_base = p;
+        v->mem.n = i + 1;
+    }
+    for (int i = 0; i < 2; i++)
+        if (v->q[i].num && v->q[i].desc_addr)
+            (void)vq_map(&v->q[i], &v->mem);
+    return 0;
+}
+
+static int handle(relay_vhost *v)
+{
+    msg m;
+    int fds[VU_MAX_REGIONS], nfds, ok = 0;
+    if (recv_msg(v, &m, fds, &nfds) < 0)
+        return -1;
+    uint32_t idx = 0, num = 0;
+    uint64_t u = 0;
+    if (m.size >= 8)
+        memcpy(&u, m.payload, 8);
+    if (m.size >= 4)
+        memcpy(&idx, m.payload, 4);
+    if (m.size >= 8)
+        memcpy(&num, m.payload + 4, 4);
+    int need_ack = !!(m.flags & FLAG_NEED_REPLY);   /* also on SET_PROTOCOL_FEATURES itself */
+    if (getenv("STDPKT_VHOST_DEBUG"))
+        fprintf(stderr, "vhost %s: request %u flags %#x size %u fds %d\n", v->path, m.request,
+                m.flags, m.size, nfds);
+    int replied = 0;
+    switch (m.request) {
+    case GET_FEATURES:
+        replied = 1;
+        ok = reply_u64(v, &m, v->offered) == 0 ? 0 : -1;
+        if (ok < 0)
+            return -1;
+        break;
+    case SET_FEATURES:
+        v->acked = u;
+        __atomic_store_n(&v->st.features, u, __ATOMIC_RELAXED);
+        break;
+    case SET_OWNER:
+    case RESET_OWNER:
+        break;
+    case GET_PROTOCOL_FEATURES:
+        replied = 1;
+        if (reply_u64(v, &m, PF_OFFERED) < 0)
+            return -1;
+        break;
+    case SET_PROTOCOL_FEATURES:
+        v->proto = u & PF_OFFERED;
+        break;
+    case GET_QUEUE_NUM:
+        replied = 1;
+        if (reply_u64(v, &m, 1) < 0)
+            return -1;
+        break;
+    case SET_MEM_TABLE:
+        ok = set_mem_table(v, &m, fds, nfds);
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        nfds = 0;
+        break;
+    case SET_VRING_NUM:
+        if (idx > 1 || num == 0 || num > VU_QUEUE_MAX || (num & (num - 1)))
+            ok = -1;
+        else
+            v->q[idx].num = num;
+        break;
+    case SET_VRING_ADDR: {
+        if (idx > 1 || m.size < 40) {
+            ok = -1;
+            break;
+        }
+        vu_queue *q = &v->q[idx];
+        memcpy(&q->desc_addr, m.payload + 8, 8);
+        memcpy(&q->used_addr, m.payload + 16, 8);
+        memcpy(&q->avail_addr, m.payload + 24, 8);
+        ok = vq_map(q, &v->mem) == 0 ? 0 : -1;
+        if (ok < 0)
+            vh_err(v, "queue %u: ring addresses outside the guest's memory", idx);
+        break;
+    }
+    case SET_VRING_BASE:
+        if (idx > 1)
+            ok = -1;
+        else
+            v->q[idx].last_avail = v->q[idx].used_idx = (uint16_t)num;
+        break;
+    case GET_VRING_BASE: {
+        replied = 1;
+        uint32_t st[2] = { idx, idx <= 1 ? v->q[idx].last_avail : 0 };
+        if (idx <= 1)
+            v->q[idx].enabled = 0;
+        if (reply(v, &m, st, 8) < 0)
+            return -1;
+        break;
+    }
+    case SET_VRING_KICK:
+    case SET_VRING_CALL:
+    case SET_VRING_ERR: {
+        uint32_t qi = (uint32_t)(u & 0xff);
+        int fd = (u & VRING_NOFD) || nfds < 1 ? -1 : fds[0];
+        if (qi > 1) {
+            ok = -1;
+            break;
+        }
+        vu_queue *q = &v->q[qi];
+        int *slot = m.request == SET_VRING_KICK ? &q->kick
+                    : m.request == SET_VRING_CALL ? &q->call : &q->err;
+        if (*slot >= 0)
+            close(*slot);
+        *slot = fd;
+        if (fd >= 0) {
+            fds[0] = -1;
+            if (m.request == SET_VRING_KICK)
+                (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        }
+        if (m.request == SET_VRING_KICK && !(v->acked & BIT(F_PROTOCOL)))
+            q->enabled = 1;
+        break;
+    }
+    case SET_VRING_ENABLE:
+        if (idx > 1)
+            ok = -1;
+        else
+            v->q[idx].enabled = num != 0;
+        break;
+    case GET_CONFIG: {
+        replied = 1;
+        uint32_t off, size;
+        memcpy(&off, m.payload, 4);
+        memcpy(&size, m.payload + 4, 4);
+        uint8_t cfg[64] = { 0 };
+        memcpy(cfg, v->mac, 6);
+        cfg[6] = 1;                          /* status: link up */
+        cfg[8] = 1;                          /* max_virtqueue_pairs */
+        cfg[10] = (uint8_t)v->mtu;
+        cfg[11] = (uint8_t)(v->mtu >> 8);
+        if (m.size < 12 || size > sizeof cfg || off > sizeof cfg - size || m.size < 12 + size) {
+            m.size = 12;                     /* an empty answer: the front end gives up */
+            memset(m.payload + 4, 0, 4);
+            if (reply(v, &m, m.payload, 12) < 0)
+                return -1;
+            break;
+        }
+        memcpy(m.payload + 12, cfg + off, size);
+        if (reply(v, &m, m.payload, 12 + size) < 0)
+            return -1;
+        break;
+    }
+    case SET_SLAVE_REQ_FD:             /* kept open, never written: we send no requests */
+        if (v->slave >= 0)
+            close(v->slave);
+        v->slave = nfds ? fds[0] : -1;
+        if (nfds)
+            fds[0] = -1;
+        break;
+    case SET_CONFIG:
+    case SET_LOG_BASE:
+    case SET_LOG_FD:
+        break;
+    default:
+        vh_err(v, "unknown vhost-user request %u (ignored)", m.request);
+        ok = -1;
+        break;
+    }
+    for (int i = 0; i < nfds; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    if (need_ack && !replied && reply_u64(v, &m, ok == 0 ? 0 : 1) < 0)
+        return -1;
+    int r = ready(v);
+    if (r && !__atomic_load_n(&v->st.ready, __ATOMIC_RELAXED)) {
+        vq_notify_on(&v->q[0]);
+        vq_notify_on(&v->q[1]);
+    }
+    __atomic_store_n(&v->st.ready, (uint32_t)r, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* ------------------------------------------------------------ transmit: guest -> socket */
+
+/* Drops the virtio-net header from the front of a chain (copied into h). */
+static int strip_header(vu_chain *c, vnet_hdr *h)
+{
+    size_t need = VU_NET_HDR, got = 0;
+    uint32_t i = 0;
+    while (need && i < c->niov) {
+        size_t k = c->iov[i].iov_len < need ? c->iov[i].iov_len : need;
+        memcpy((uint8_t *)h + got, c->iov[i].iov_base, k);
+        got += k;
+        need -= k;
+        c->iov[i].iov_base = (uint8_t *)c->iov[i].iov_base + k;
+        c->iov[i].iov_len -= k;
+        if (c->iov[i].iov_len == 0)
+            i++;
+    }
+    if (need)
+        return -1;
+    memmove(c->iov, c->iov + i, (c->niov - i) * sizeof c->iov[0]);
+    c->niov -= i;
+    c->len -= VU_NET_HDR;
+    return 0;
+}
+
+static int wait_out(relay_vhost *v)
+{
+    struct pollfd p[2] = { { v->data, POLLOUT, 0 }, { v->stopfd, POLLIN, 0 } };
+    for (;;) {
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        return p[1].revents ? -1 : 0;
+    }
+}
+
+static int send_one(void *ctx, const uint8_t *f, size_t n)
+{
+    relay_vhost *v = ctx;
+    for (;;) {
+        ssize_t w = send(v->data, f, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w >= 0) {
+            add(&v->st.tx_frames, 1);
+            add(&v->st.tx_bytes, n);
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if ((errno == EAGAIN || errno == EWOULDBLOCK) && wait_out(v) == 0)
+            continue;
+        add(&v->st.tx_drops, 1);
+        return 0;                             /* peer gone or stopping: the frame is lost */
+    }
+}
+
+/* Finishing: a linear copy, then a complete checksum or segments. */
+static void tx_finish(relay_vhost *v, vu_chain *c, const vnet_hdr *h)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < c->niov; i++) {
+        memcpy(v->bounce + n, c->iov[i].iov_base, c->iov[i].iov_len);
+        n += c->iov[i].iov_len;
+    }
+    if ((h->gso_type & 0x7f) == VNH_GSO_TCPV4 || (h->gso_type & 0x7f) == VNH_GSO_TCPV6) {
+        if (ol_segment(v->bounce, n, h, v->scratch, send_one, v) < 0)
+            add(&v->st.tx_drops, 1);
+        return;
+    }
+    if (h->gso_type != VNH_GSO_NONE || ol_finish_csum(v->bounce, n, h) < 0) {
+        add(&v->st.tx_drops, 1);
+        vh_err(v, "guest sent a frame the port cannot finish (gso type %u)", h->gso_type);
+        return;
+    }
+    (void)send_one(v, v->bounce, n);
+}
+
+static void do_tx(relay_vhost *v)
+{
+    vu_queue *q = &v->q[1];
+    vu_chain *ch = v->tx;
+    struct mmsghdr *mm = v->mm;
+    vq_notify_off(q);
+    for (;;) {
+        uint32_t n = 0;
+        int avail = vq_avail(q);
+        int finish = __atomic_load_n(&v->finish, __ATOMIC_RELAXED);
+        while (n < TX_BATCH && avail-- > 0) {
+            const char *why = NULL;
+            vnet_hdr h;
+            vu_chain *c = &ch[n];
+            if (vq_pop(q, &v->mem, 0, c, &why) < 0 || strip_header(c, &h) < 0 ||
+                c->len < RELAY_FRAME_MIN || c->len > RELAY_FRAME_MAX) {
+                vh_err(v, "transmit queue: %s", why ? why : "bad frame length");
+                add(&v->st.tx_drops, 1);
+                vq_push(q, c->head, 0);
+                continue;
+            }
+            if (h.gso_type != VNH_GSO_NONE)
+                add(&v->st.tx_gso, 1);
+            if (finish && (h.flags & VNH_F_NEEDS_CSUM || h.gso_type != VNH_GSO_NONE)) {
+                tx_finish(v, c, &h);
+                vq_push(q, c->head, 0);
+                continue;
+            }
+            memset(&mm[n], 0, sizeof mm[n]);
+            mm[n].msg_hdr.msg_iov = c->iov;
+            mm[n].msg_hdr.msg_iovlen = c->niov;
+            n++;
+        }
+        uint32_t done = 0;
+        while (done < n) {
+            int k = sendmmsg(v->data, mm + done, n - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (k > 0) {
+                for (int j = 0; j < k; j++) {
+                    add(&v->st.tx_bytes, ch[done + (uint32_t)j].len);
+                    vq_push(q, ch[done + (uint32_t)j].head, 0);
+                }
+                add(&v->st.tx_frames, (uint64_t)k);
+                done += (uint32_t)k;
+                continue;
+            }
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                q->last_avail = (uint16_t)(q->last_avail - (n - done));   /* not taken */
+                v->tx_blocked = 1;
+                vq_signal(q);
+                return;
+            }
+            /* the peer is gone, or the frame was refused: lost, counted */
+            add(&v->st.tx_drops, 1);
+            vq_push(q, ch[done].head, 0);
+            done++;
+        }
+        vq_signal(q);
+        if (n == 0 && vq_avail(q) == 0 && !vq_notify_on(q))
+            return;
+        vq_notify_off(q);
+    }
+}
+
+/* ------------------------------------------------------------ receive: socket -> guest */
+
+/* Reads and drops the next frame (it can never fit the guest's buffers). */
+static void rx_discard(relay_vhost *v, ssize_t len, uint64_t room)
+{
+    ssize_t k = recv(v->data, v->bounce, RELAY_FRAME_MAX, MSG_DONTWAIT | MSG_TRUNC);
+    (void)k;
+    add(&v->st.rx_drops, 1);
+    vh_err(v, "a frame of %zd bytes is larger than the guest's receive buffers (%llu bytes)",
+           len, (unsigned long long)room);
+}
+
+static void do_rx(relay_vhost *v)
+{
+    vu_queue *q = &v->q[0];
+    int mrg = !!(v->acked & BIT(F_MRG_RXBUF));
+    int csum = v->offload && (v->acked & BIT(F_GUEST_CSUM));
+    int tso = csum && (v->acked & (BIT(F_GUEST_TSO4) | BIT(F_GUEST_TSO6)));
+    struct iovec *iov = v->rx_iov;
+    uint16_t *heads = v->rx_head;
+    uint32_t *room = v->rx_room, frames = 0;
+    vq_notify_off(q);
+    while (!v->data_eof) {
+        int avail = vq_avail(q);
+        if (avail == 0) {
+            if (vq_notify_on(q))
+                continue;
+            v->rx_starved = 1;
+            break;
+        }
+        /* gather chains until a largest frame fits (one chain without MRG_RXBUF) */
+        uint32_t nchain = 0, niov = 0;
+        uint64_t total = 0;
+        while (nchain < (uint32_t)avail && total < FRAME_ROOM && (mrg || nchain == 0)) {
+            vu_chain c;
+            const char *why = NULL;
+            int rc = vq_peek_at(q, &v->mem, (uint16_t)nchain, 1, &c, &why);
+            if (rc == 0 && niov + c.niov > RX_IOV)
+                break;
+            if (rc < 0 || (nchain == 0 && (c.niov == 0 || c.iov[0].iov_len < VU_NET_HDR))) {
+                if (nchain)
+                    break;                   /* use what we have; this one fails next time */
+                vh_err(v, "receive queue: %s", why ? why : "buffer smaller than the header");
+                q->last_avail++;
+                vq_push(q, c.head, 0);
+                goto next;
+            }
+            memcpy(iov + niov, c.iov, c.niov * sizeof c.iov[0]);
+            niov += c.niov;
+            heads[nchain] = c.head;
+            room[nchain] = (uint32_t)c.len;
+            total += c.len;
+            nchain++;
+        }
+        if (total < FRAME_ROOM) {
+            /* not room for every frame: does the next one fit? */
+            ssize_t want = recv(v->data, NULL, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+            if (want < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN && errno != EWOULDBLOCK)
+                    v->data_eof = 1;
+                break;
+            }
+            if (want == 0) {
+                v->data_eof = 1;
+                break;
+            }
+            if ((uint64_t)want + VU_NET_HDR > total) {
+                uint64_t most = mrg ? (uint64_t)q->num * room[0] : room[0];
+                if ((uint64_t)want + VU_NET_HDR > most) {
+                    rx_discard(v, want, most);
+                    continue;
+                }
+                if (vq_notify_on(q) && vq_avail(q) > avail)
+                    continue;                /* more buffers came meanwhile */
+                v->rx_starved = 1;
+                break;
+            }
+        }
+        {
+            uint8_t *hdrp = iov[0].iov_base;
+            iov[0].iov_base = hdrp + VU_NET_HDR;
+            iov[0].iov_len -= VU_NET_HDR;
+            struct msghdr mh = { .msg_iov = iov, .msg_iovlen = niov };
+            ssize_t k = recvmsg(v->data, &mh, MSG_DONTWAIT);
+            if (k < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN && errno != EWOULDBLOCK)
+                    v->data_eof = 1;
+                break;
+            }
+            if (k == 0) {
+                v->data_eof = 1;
+                break;
+            }
+            if (mh.msg_flags & MSG_TRUNC) {   /* cannot happen after the check above */
+                add(&v->st.rx_drops, 1);
+                continue;                     /* buffers not taken: they are reused */
+            }
+            vnet_hdr h;
+            ol_rx_header(hdrp + VU_NET_HDR, iov[0].iov_len, (size_t)k, v->mtu, csum, tso, &h);
+            if (h.gso_type != VNH_GSO_NONE)
+                add(&v->st.rx_gso, 1);
+            uint64_t left = (uint64_t)k + VU_NET_HDR;
+            uint16_t used = 0;
+            while (left && used < nchain) {
+                left -= left < room[used] ? left : room[used];
+                used++;
+            }
+            h.num_buffers = used;
+            memcpy(hdrp, &h, VU_NET_HDR);
+            left = (uint64_t)k + VU_NET_HDR;
+            for (uint16_t j = 0; j < used; j++) {
+                uint32_t take = left < room[j] ? (uint32_t)left : room[j];
+                left -= take;
+                vq_push(q, heads[j], take);
+            }
+            q->last_avail = (uint16_t)(q->last_avail + used);
+            add(&v->st.rx_frames, 1);
+            add(&v->st.rx_bytes, (uint64_t)k);
+            if (++frames % 32 == 0)
+                vq_signal(q);
+        }
+    next:;
+    }
+    vq_signal(q);
+}
+
+/* ------------------------------------------------------------ the thread */
+
+static void drain(int fd)
+{
+    uint64_t x;
+    while (read(fd, &x, sizeof x) > 0)
+        ;
+}
+
+static void *loop(void *arg)
+{
+    relay_vhost *v = arg;
+    for (;;) {
+        struct pollfd p[7];
+        int n = 0, i_l = -1, i_c = -1, i_tx = -1, i_rx = -1, i_d = -1;
+        p[n++] = (struct pollfd){ v->stopfd, POLLIN, 0 };
+        p[n++] = (struct pollfd){ v->wakefd, POLLIN, 0 };
+        if (v->cfd < 0 && v->lfd >= 0 && !v->guest_gone) {
+            i_l = n;
+            p[n++] = (struct pollfd){ v->lfd, POLLIN, 0 };
+        }
+        if (v->cfd >= 0) {
+            i_c = n;
+            p[n++] = (struct pollfd){ v->cfd, POLLIN, 0 };
+        }
+        if (v->cfd >= 0 && ready(v)) {
+            if (!v->tx_blocked) {
+                i_tx = n;
+                p[n++] = (struct pollfd){ v->q[1].kick, POLLIN, 0 };
+            }
+            if (v->rx_starved) {
+                i_rx = n;
+                p[n++] = (struct pollfd){ v->q[0].kick, POLLIN, 0 };
+            }
+            short ev = (short)((v->tx_blocked ? POLLOUT : 0) |
+                               (!v->rx_starved && !v->data_eof ? POLLIN : 0));
+            if (ev) {
+                i_d = n;
+                p[n++] = (struct pollfd){ v->data, ev, 0 };
+            }
+        }
+        if (poll(p, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            vh_err(v, "poll: %s", strerror(errno));
+            break;
+        }
+        if (p[0].revents)
+            break;
+        if (p[1].revents) {
+            drain(v->wakefd);
+            if (__atomic_load_n(&v->detach, __ATOMIC_RELAXED) && v->slave >= 0) {
+                close(v->slave);             /* the guest sees the connection end and removes */
+                v->slave = -1;               /* the device in a worker (we still answer it) */
+            }
+        }
+        if (i_l >= 0 && p[i_l].revents) {
+            v->cfd = accept4(v->lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (v->cfd >= 0) {
+                close(v->lfd);               /* one guest per port */
+                v->lfd = -1;
+                unlink(v->path);
+                __atomic_store_n(&v->st.connected, 1, __ATOMIC_RELAXED);
+            }
+            continue;
+        }
+        if (i_c >= 0 && p[i_c].revents) {
+            if (handle(v) < 0) {
+                guest_gone(v, NULL);
+                continue;
+            }
+        }
+        if (v->cfd < 0 || !ready(v))
+            continue;
+        if (i_tx >= 0 && p[i_tx].revents)
+            drain(v->q[1].kick);
+        if (i_rx >= 0 && p[i_rx].revents) {
+            drain(v->q[0].kick);
+            v->rx_starved = 0;
+        }
+        if (i_d >= 0 && (p[i_d].revents & POLLOUT))
+            v->tx_blocked = 0;
+        if (i_d >= 0 && (p[i_d].revents & (POLLHUP | POLLERR)) && !(p[i_d].revents & POLLIN))
+            v->data_eof = 1;
+        if (!v->tx_blocked)
+            do_tx(v);
+        if (!v->rx_starved)
+            do_rx(v);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------ API */
+
+relay_vhost *relay_vhost_new(const char *path, int data_fd, uint32_t mtu, const uint8_t *mac,
+                             int offload)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (path == NULL || strlen(path) >= sizeof sa.sun_path || mtu < 68 || mtu > 65535)
+        return NULL;
+    relay_vhost *v = calloc(1, sizeof *v);
+    if (!v)
+        return NULL;
+    pthread_mutex_init(&v->err_lock, NULL);
+    v->lfd = v->cfd = v->data = v->stopfd = v->slave = v->wakefd = -1;
+    v->q[0].kick = v->q[0].call = v->q[0].err = -1;
+    v->q[1].kick = v->q[1].call = v->q[1].err = -1;
+    snprintf(v->path, sizeof v->path, "%s", path);
+    v->mtu = mtu;
+    if (mac)
+        memcpy(v->mac, mac, 6);
+    v->offload = !!offload;
+    v->offered = BIT(F_MTU) | BIT(F_MAC) | BIT(F_MRG_RXBUF) | BIT(F_INDIRECT) |
+                 BIT(F_PROTOCOL) | BIT(F_VERSION_1);
+    if (offload)
+        v->offered |= BIT(F_CSUM) | BIT(F_GUEST_CSUM) | BIT(F_GUEST_TSO4) | BIT(F_GUEST_TSO6) |
+                      BIT(F_GUEST_ECN) | BIT(F_HOST_TSO4) | BIT(F_HOST_TSO6);
+    v->bounce = malloc(RELAY_FRAME_MAX + 64);
+    v->scratch = malloc(RELAY_FRAME_MAX + 64);
+    v->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    v->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    v->data = fcntl(data_fd, F_DUPFD_CLOEXEC, 3);
+    v->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    if (!v->bounce || !v->scratch || v->stopfd < 0 || v->wakefd < 0 || v->data < 0 || v->lfd < 0 ||
+        bind(v->lfd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(v->lfd, 1) < 0) {
+        int e = errno;
+        relay_vhost_free(v);
+        errno = e;
+        return NULL;
+    }
+    return v;
+}
+
+int relay_vhost_start(relay_vhost *v)
+{
+    if (v->started)
+        return -EALREADY;
+    int rc = pthread_create(&v->thread, NULL, loop, v);
+    if (rc)
+        return -rc;
+    v->started = 1;
+    return 0;
+}
+
+void relay_vhost_set_finish(relay_vhost *v, int on)
+{
+    __atomic_store_n(&v->finish, !!on, __ATOMIC_RELAXED);
+}
+
+void relay_vhost_detach(relay_vhost *v)
+{
+    uint64_t one = 1;
+    __atomic_store_n(&v->detach, 1, __ATOMIC_RELAXED);
+    ssize_t w = write(v->wakefd, &one, sizeof one);
+    (void)w;
+}
+
+void relay_vhost_get_stats(relay_vhost *v, relay_vhost_stats *out)
+{
+    memcpy(out, &v->st, sizeof *out);
+}
+
+size_t relay_vhost_last_error(relay_vhost *v, char *buf, size_t len)
+{
+    if (len == 0)
+        return 0;
+    pthread_mutex_lock(&v->err_lock);
+    size_t n = strnlen(v->err, sizeof v->err);
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, v->err, n);
+    buf[n] = 0;
+    pthread_mutex_unlock(&v->err_lock);
+    return n;
+}
+
+void relay_vhost_free(relay_vhost *v)
+{
+    if (!v)
+        return;
+    if (v->started) {
+        uint64_t one = 1;
+        ssize_t w = write(v->stopfd, &one, sizeof one);
+        (void)w;
+        pthread_join(v->thread, NULL);
+    }
+    if (v->cfd >= 0)
+        close(v->cfd);
+    v->cfd = -1;
+    if (v->slave >= 0)
+        close(v->slave);
+    v->slave = -1;
+    unmap_all(v);
+    close_queue(&v->q[0]);
+    close_queue(&v->q[1]);
+    if (v->lfd >= 0) {
+        close(v->lfd);
+        unlink(v->path);
+    }
+    if (v->data >= 0)
+        close(v->data);
+    if (v->stopfd >= 0)
+        close(v->stopfd);
+    if (v->wakefd >= 0)
+        close(v->wakefd);
+    if (v->slave >= 0)
+        close(v->slave);
+    free(v->bounce);
+    free(v->scratch);
+    pthread_mutex_destroy(&v->err_lock);
+    free(v);
+}

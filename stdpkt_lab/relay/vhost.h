@@ -1,0 +1,123 @@
+/*
+ * vhost.h - the vhost-user back end of a port (internal; the API is in relay.h).
+ *
+ * A guest booted with virtio_uml.device=PATH:1 is the vhost-user front end: its
+ * kernel connects to PATH, hands over its memory (a file descriptor) and two
+ * split virtqueues (0: receive, 1: transmit), and then moves frames by writing
+ * descriptors into its own memory and kicking an eventfd.  The back end is one
+ * thread per port that answers the protocol and bridges the queues to a
+ * SOCK_SEQPACKET socket, so that the port's host end is the same kind of socket
+ * a vector port has and every relay, link, trace and re-wiring works unchanged:
+ *
+ *   vhost.c      the protocol (messages, memory table, rings set-up) and the thread
+ *   vring.c      split virtqueues: guest addresses, descriptor chains, used ring,
+ *                notifications; every guest-written value is checked
+ *   offload.c    virtio-net headers: reading them (transmit) and making them for
+ *                frames that arrive without one (receive), checksums, segmentation
+ */
+#ifndef STDPKT_VHOST_H
+#define STDPKT_VHOST_H
+
+#include "relay.h"
+
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define VU_MAX_REGIONS 8
+#define VU_QUEUE_MAX 1024
+#define VU_NET_HDR 12              /* struct virtio_net_hdr_v1 (VERSION_1 / MRG_RXBUF) */
+#define VU_CHAIN_IOV 64            /* iovecs of one frame */
+
+/* virtio-net header flags and GSO types */
+#define VNH_F_NEEDS_CSUM 1
+#define VNH_F_DATA_VALID 2
+#define VNH_GSO_NONE 0
+#define VNH_GSO_TCPV4 1
+#define VNH_GSO_UDP 3
+#define VNH_GSO_TCPV6 4
+#define VNH_GSO_ECN 0x80
+
+typedef struct vnet_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+    uint16_t num_buffers;
+} __attribute__((packed)) vnet_hdr;
+
+typedef struct vu_region {
+    uint64_t gpa, size, uva, mmap_offset;
+    uint8_t *host;                 /* guest address gpa, in our mapping */
+    void *map_base;                /* the mapping (mmap_offset rounded down to a page) */
+    size_t map_len;
+} vu_region;
+
+typedef struct vu_mem {
+    vu_region r[VU_MAX_REGIONS];
+    uint32_t n;
+} vu_mem;
+
+struct vring_desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
+struct vring_used_elem { uint32_t id; uint32_t len; };
+
+#define VRING_DESC_F_NEXT 1
+#define VRING_DESC_F_WRITE 2
+#define VRING_DESC_F_INDIRECT 4
+#define VRING_USED_F_NO_NOTIFY 1
+#define VRING_AVAIL_F_NO_INTERRUPT 1
+
+typedef struct vu_queue {
+    uint32_t num;                  /* 0: not set up */
+    uint64_t desc_addr, avail_addr, used_addr;   /* front-end (user) addresses */
+    struct vring_desc *desc;
+    uint16_t *avail;               /* flags, idx, ring[num] */
+    uint16_t *used_hdr;            /* flags, idx */
+    struct vring_used_elem *used;
+    uint16_t last_avail;           /* next avail entry to take */
+    uint16_t used_idx;             /* next used entry to write (ours) */
+    int kick, call, err;           /* descriptors from the front end, -1 if none */
+    int enabled;                   /* SET_VRING_ENABLE, or started by the kick without
+                                    * VHOST_USER_F_PROTOCOL_FEATURES */
+    int pending_call;              /* used entries not yet signalled */
+} vu_queue;
+
+/* One chain of descriptors, translated to host iovecs. */
+typedef struct vu_chain {
+    uint16_t head;
+    uint32_t niov;
+    uint64_t len;                  /* bytes in all iovecs */
+    struct iovec iov[VU_CHAIN_IOV];
+} vu_chain;
+
+#pragma GCC visibility push(hidden)
+/* vring.c */
+void *vu_gpa(const vu_mem *m, uint64_t addr, uint64_t len);
+void *vu_uva(const vu_mem *m, uint64_t addr, uint64_t len);
+int vq_map(vu_queue *q, const vu_mem *m);
+int vq_avail(vu_queue *q);                             /* entries the guest made available */
+int vq_pop(vu_queue *q, const vu_mem *m, int writable, vu_chain *c, const char **why);
+int vq_peek_at(vu_queue *q, const vu_mem *m, uint16_t k, int writable, vu_chain *c,
+               const char **why);                    /* the k-th available entry, not taken */
+void vq_push(vu_queue *q, uint16_t head, uint32_t len);
+void vq_signal(vu_queue *q);                          /* call if the guest wants it */
+int vq_notify_on(vu_queue *q);                        /* enable kicks; 1 if work came meanwhile */
+void vq_notify_off(vu_queue *q);
+
+/* offload.c */
+uint16_t ol_csum_fold(uint64_t sum);
+uint64_t ol_csum_add(uint64_t sum, const uint8_t *p, size_t len);
+/* Makes the header of a frame that arrives without one (frame: its first bytes,
+ * len: whole length).  Fills h; may rewrite the TCP/UDP checksum field in frame. */
+void ol_rx_header(uint8_t *frame, size_t have, size_t len, uint32_t mtu, int csum, int tso,
+                  vnet_hdr *h);
+/* Completes the checksum a NEEDS_CSUM header asks for, over a frame in one buffer. */
+int ol_finish_csum(uint8_t *frame, size_t len, const vnet_hdr *h);
+/* Cuts a TCP super-frame (in one buffer) into frames of at most gso_size payload,
+ * each with its checksums complete; calls emit for each.  0 or -EINVAL. */
+int ol_segment(const uint8_t *frame, size_t len, const vnet_hdr *h, uint8_t *scratch,
+               int (*emit)(void *ctx, const uint8_t *f, size_t n), void *ctx);
+#pragma GCC visibility pop
+
+#endif /* STDPKT_VHOST_H */
