@@ -63,6 +63,8 @@ NODE_ATTRIBUTES: dict[str, str] = {
     "mem_mb": "guest memory in MiB",
     "ipv6": "IPv6 on this node's interfaces (default off; the graph attribute ipv6=True sets it for all)",
     "env": "extra environment variables in the guest",
+    "ports": "port kind: vector (default), vhost (virtio-net with offload), vhost-plain; "
+             "the graph attribute ports= or $STDPKT_PORTS sets it for all",
     "label": "ignored (drawing)",
     "pos": "ignored (drawing)",
     "host": "the Dask worker to run this node on (Lab(g, cluster=client)); ignored otherwise",

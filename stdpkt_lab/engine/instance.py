@@ -156,6 +156,10 @@ class Instance:
             )
         return sock
 
+    def vhost_ports(self) -> dict[int, VhostPort]:
+        """The vhost-user back ends of this instance's ports, by port index."""
+        return dict(self._vhost)
+
     def vhost(self, index: int) -> VhostPort:
         """The vhost-user back end of port ``index`` (booted with ``PortSpec(vhost=True)``)."""
         try:

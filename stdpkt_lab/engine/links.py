@@ -19,6 +19,7 @@ from collections.abc import Callable
 from ..errors import ConfigError
 from ..relay import Endpoint, FlowTable, Pump, PumpResult, PumpStats, SteerStats, start_together
 from .instance import Instance
+from .vhost import VhostPort
 
 __all__ = ["Link"]
 
@@ -62,6 +63,7 @@ class Link:
     def start(self) -> None:
         sa = self.a.port(self.a_port).fileno()
         sb = self.b.port(self.b_port).fileno()
+        self._match_offload()
         slots, snap = self._trace
         for (src, dst), (fin, fout) in zip(self.directions, ((sa, sb), (sb, sa)), strict=True):
             pump = Pump(Endpoint.socket(fin), Endpoint.socket(fout), name=f"{src}->{dst}",
@@ -90,6 +92,17 @@ class Link:
         for pump in self._pumps.values():
             pump.stop(timeout)
 
+    def _match_offload(self, *, plain: bool = False) -> None:
+        """A vhost port with offload sends partial checksums and TCP super-frames; a
+        vector port (or a detour to one) cannot take them: then the vhost side
+        finishes its frames in software (engine/vhost.py).  ``plain``: finish on both
+        sides whatever the peer (a steering detour may lead anywhere)."""
+        ends = [_offload_port(self.a, self.a_port), _offload_port(self.b, self.b_port)]
+        both = all(e is not None for e in ends)
+        for end in ends:
+            if end is not None:
+                end.set_finish(plain or not both)
+
     # --- steering (docs/links.md) ---
 
     def _direction(self, direction: tuple[str, str] | None) -> tuple[str, str]:
@@ -111,6 +124,7 @@ class Link:
         ``forward``; their replies (the other direction) go to ``reverse``, or take
         the default path when it is None."""
         fwd = self._direction(direction)
+        self._match_offload(plain=True)
         self._pumps[fwd].add_steer(rule_id, filter_expr, forward)
         if reverse is not None:
             try:
@@ -134,3 +148,9 @@ class Link:
 
     def __repr__(self) -> str:
         return f"<Link {self.name}>"
+
+
+def _offload_port(inst: Instance, index: int) -> VhostPort | None:
+    """The vhost back end of ``inst``'s port ``index`` if it offloads, else None."""
+    vport = inst.vhost_ports().get(index)
+    return vport if vport is not None and vport.offload else None

@@ -43,6 +43,10 @@ FEATURE_NAMES = {0: "csum", 1: "guest_csum", 3: "mtu", 5: "mac", 7: "guest_tso4"
                  28: "indirect_desc", 30: "protocol_features", 32: "version_1"}
 
 
+#: ``1``: every vhost port finishes its frames (plain frames on every pipe).
+FINISH_VARIABLE = "STDPKT_VHOST_FINISH"
+
+
 def random_mac() -> str:
     """A locally administered unicast MAC address."""
     b = bytearray(secrets.token_bytes(6))
@@ -97,6 +101,8 @@ class VhostPort:
             lib.relay_vhost_free(v)
             self._v = None
             raise InstanceError(f"vhost-user port at {self.path}: cannot start its thread ({os.strerror(-rc)})")
+        if os.environ.get(FINISH_VARIABLE) == "1":  # e.g. `stdpkt run` feeding a vector port
+            self.set_finish(True)
 
     def set_finish(self, on: bool) -> None:
         """Complete checksums and cut TCP super-frames before they leave the port."""
