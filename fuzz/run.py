@@ -34,6 +34,7 @@ CRASHES = FUZZ / "crashes"
 HARNESSES: dict[str, list[str]] = {
     "pcap_stream": ["-max_len=140000", "-timeout=20"],
     "bpf": ["-max_len=4096", "-timeout=10"],
+    "vhost": ["-max_len=70000", "-timeout=10"],
 }
 CFLAGS = [
     "-g", "-O1", "-std=gnu11", "-pthread",
