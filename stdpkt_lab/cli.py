@@ -50,6 +50,13 @@ Variables (as in the stdpkt paper), n = 0..7:
   DELAYn, JITTERn, LOSSn, RATEn   link conditions on what leaves eth<n> (netem/tbf
                   in the instance): DELAY0=20ms JITTER0=2ms LOSS0=1% (or 0.01) RATE0=50mbit;
                   also REORDERn, DUPLICATEn, CORRUPTn (probabilities), LIMITn (frames).
+  STDPKT_PORTS    vector (default: UML's vector driver), vhost (virtio-net over
+                  vhost-user with checksum offload and TSO: TCP super-frames of up
+                  to 64 KiB cross the pipes whole, their TCP checksum holds only
+                  the pseudo-header sum, as captures on a host with offload show;
+                  the far end must be a vhost port too), or vhost-plain (virtio-net,
+                  plain frames). STDPKT_VHOST_FINISH=1 makes vhost ports send plain
+                  frames (checksums done, super-frames cut) to any peer.
 
 SCRIPT runs as root inside the instance (its own kernel: iptables, ip, sysctl,
 conntrack, ipvsadm work; modules load on demand; `iptables` is the legacy
