@@ -161,8 +161,8 @@ class DistributedLab(StateTables, LinkConditions, ClusterLiveOps, Wiring):
         self._states.clear()
 
     def _state_of(self, node: str) -> str:
-        if self._state is ClusterState.STOPPED:
-            return "stopped"
+        if self._state is ClusterState.STOPPED or node not in self.placement:
+            return "stopped"  # the lab, or this node (removed), was stopped
         found = self._states.get(node)
         if found is None or time.monotonic() - found[0] > STATE_FRESH_S:
             address = self.worker_of(node)
