@@ -80,8 +80,10 @@ def test_transparent_insert_and_remove_across_workers_keep_a_ping_flowing(cluste
     with sl.Lab(graph(cluster), cluster=cluster, progress=False) as lab:
         before = lab.pids()
         assert lab.exec("client", "ping -c 1 -W 3 server", timeout=30).returncode == 0
-        # 50 Hz: each lost echo is 20 ms without a path (stopped with SIGINT after the changes)
+        # a fast ping (-i 0.02; the guest's timers make it faster) stopped with SIGINT after the
+        # changes: lost echoes over its rate as measured here is the time without a path
         lab.exec("client", "ping -n -i 0.02 -c 100000 -W 1 server > /tmp/ping.txt 2>&1 &")
+        ping_started = time.monotonic()
         time.sleep(1.5)
         mon = lab.insert(("client", "fw"), "mon", kind="bridge")  # no host=: placement decides
         inserted = lab.live.history[-1]
@@ -104,6 +106,7 @@ def test_transparent_insert_and_remove_across_workers_keep_a_ping_flowing(cluste
         time.sleep(0.5)
         assert "transmitted" not in lab.exec("client", "cat /tmp/ping.txt").stdout  # it ran throughout
         lab.exec("client", "kill -INT $(pidof ping)")
+        ping_s = time.monotonic() - ping_started
         ping = wait_for(lambda: "transmitted" in (t := lab.exec("client", "cat /tmp/ping.txt").stdout) and t,
                         "the ping's summary", 60)
         assert {n: p for n, p in lab.pids().items() if n in before} == before  # nobody restarted
@@ -111,10 +114,13 @@ def test_transparent_insert_and_remove_across_workers_keep_a_ping_flowing(cluste
         healed = rows(lab)
         assert healed[("client", "fw")].kind == "tcp" and healed[("fw", "client")].frames > 0
     sent, got = (int(x) for x in re.search(r"(\d+) packets transmitted, (\d+) received", ping).groups())
-    print(f"50 Hz ping across a cross-worker insert+remove: {sent - got} of {sent} lost; switch "
-          f"{inserted.switch_s * 1e3:.1f} ms (boot {inserted.boot_s:.2f} s) and "
-          f"{removed.switch_s * 1e3:.1f} ms")
-    assert sent >= 100 and (sent - got) * 20 < 1000, ping  # under 0.5 s without a path per change
+    outage = (sent - got) / (sent / ping_s)
+    print(f"ping at {sent / ping_s:.0f}/s across a cross-worker insert+remove: {sent - got} of {sent} "
+          f"lost (~{outage * 1e3:.0f} ms without a path); switch {inserted.switch_s * 1e3:.1f} ms "
+          f"(boot {inserted.boot_s:.2f} s) and {removed.switch_s * 1e3:.1f} ms")
+    # the echo rate varies from run to run (30..600/s, the guests' timers): enough echoes for a
+    # ruler finer than the bound, and under 0.5 s without a path per change
+    assert sent >= 50 and outage < 1.0, ping[-300:]
     assert inserted.switch_s < 1.0 and removed.switch_s < 1.0
 
 
@@ -136,6 +142,26 @@ def test_routing_insert_on_a_named_worker_renumbers_across_workers(cluster: Any)
         assert http_ok(lab)
         seen = lab.exec("server", "cat /etc/hosts").stdout
         assert re.search(rf"^{re.escape(new_server)}\s+server\b", seen, re.M), seen
+
+
+def test_insert_onto_a_worker_the_lab_did_not_use_yet(cluster: Any) -> None:
+    n0, n1 = workers(cluster)
+    g = nx.Graph()
+    g.add_node("a", kind="host", host=n1)
+    g.add_node("b", kind="host", serve="http", host=n1)
+    g.add_edge("a", "b")
+    with sl.Lab(g, cluster=cluster, progress=False) as lab:
+        assert list(lab._actors) == [address(cluster, n1)]  # one worker side so far
+        lab.insert(("a", "b"), "mid", kind="filter", allow=["tcp/80", "icmp"], host=n0)
+        assert set(lab._actors) == {address(cluster, n0), address(cluster, n1)}
+        assert lab.exec("a", "ping -c 2 -W 3 b", timeout=30).returncode == 0
+        assert lab.exec("a", "wget -qO- -T 5 http://b/", timeout=30).stdout.startswith("hello")
+        now = rows(lab)
+        assert now[("a", "mid")].kind == "tcp" and now[("mid", "b")].kind == "tcp"
+        assert now[("mid", "b")].frames > 0 and now[("b", "mid")].frames > 0
+        # the filter's own netfilter saw the flows: it runs on the other worker
+        assert "ESTABLISHED" in lab.exec("mid", "iptables -S FORWARD", timeout=30).stdout
+        assert lab.worker_of("mid") == address(cluster, n0)
 
 
 def test_steering_on_one_worker_and_clear_errors_otherwise(cluster: Any) -> None:

@@ -182,6 +182,7 @@ class DistributedLive:
             try:
                 dt = lab._rewire([(a, b)], [(a, node), (node, b)], new)  # noqa: SLF001
             except BaseException:
+                lab._undo([(a, node), (node, b)], new)  # noqa: SLF001
                 lab._actors[address].drop_node(node).result(timeout=60)  # noqa: SLF001
                 lab.placement.pop(node, None)
                 lab._restore(old, [(a, b)])  # noqa: SLF001
@@ -220,7 +221,12 @@ class DistributedLive:
             check_kept(old, new, [n for n in old.nodes if n != node],
                        {(x, node): y, (y, node): x}, renumbered=() if transparent else (y,))
             self._forget_rules([(x, node), (node, y)])
-            dt = lab._rewire([(x, node), (node, y)], [(x, y)], new)  # noqa: SLF001
+            try:
+                dt = lab._rewire([(x, node), (node, y)], [(x, y)], new)  # noqa: SLF001
+            except BaseException:  # put node back on its path: it still runs
+                lab._undo([(x, y)], new)  # noqa: SLF001
+                lab._restore(old, [(x, node), (node, y)])  # noqa: SLF001
+                raise
             address = lab.worker_of(node)
             lab.plan = new
             lab._actors[address].drop_node(node).result(timeout=60)  # noqa: SLF001

@@ -63,7 +63,7 @@ class Wiring:
     def _link_plan(self, plan: ChainPlan, a: str, b: str) -> Any:
         return next(lp for lp in plan.links if {lp.a, lp.b} == {a, b})
 
-    def _wire(self, lp: Any, plan: ChainPlan | None = None) -> None:
+    def _wire(self, lp: Any, plan: ChainPlan | None = None, *, wait: bool = True) -> None:
         """Join link ``lp``: a local relay when both ends run on one worker, else a pcap stream
         (the listening end on ``lp.a``'s worker)."""
         plan = plan or self.plan
@@ -73,6 +73,9 @@ class Wiring:
             return
         host, port = self._actor(lp.a).listen(lp.a, lp.a_port, lp.b).result(timeout=60)
         self._actor(lp.b).connect(lp.b, lp.b_port, lp.a, host, port).result(timeout=60)
+        if wait:  # relaying at both ends (a boot-time link instead connects while the guests boot)
+            for end, other in ((lp.a, lp.b), (lp.b, lp.a)):
+                self._actor(end).wait_stream(end, other, 30.0).result(timeout=60)
 
     def _rewire(self, old: Sequence[Pair], new: Sequence[Pair], plan: ChainPlan) -> float:
         """Stop the links ``old`` wherever their ends run and make the links ``new`` as ``plan``
@@ -96,8 +99,16 @@ class Wiring:
             self._wire(lp, plan)
         return time.perf_counter() - t0
 
+    def _undo(self, pairs: Sequence[Pair], plan: ChainPlan) -> None:
+        """After a failed change: stop whatever of the new links ``pairs`` was made (best effort)."""
+        try:
+            self._rewire(pairs, [], plan)
+        except Exception:  # noqa: BLE001 - the error of the change is the one to raise
+            pass
+
     def _restore(self, old: ChainPlan, pairs: Sequence[Pair]) -> None:
         """After a failed change: the links ``pairs`` of ``old`` joined again (best effort)."""
+        self._broadcast_plan(old)
         for a, b in pairs:
             try:
                 self._rewire([(a, b)], [], old)
@@ -105,8 +116,9 @@ class Wiring:
             except Exception:  # noqa: BLE001 - the error of the change is the one to raise
                 continue
 
-    def _broadcast_plan(self) -> None:
-        pending = [a.set_plan(self.plan, self._registry, self.boot_timeout) for a in self._actors.values()]
+    def _broadcast_plan(self, plan: ChainPlan | None = None) -> None:
+        plan = plan or self.plan
+        pending = [a.set_plan(plan, self._registry, self.boot_timeout) for a in self._actors.values()]
         for f in pending:
             f.result(timeout=60)
 

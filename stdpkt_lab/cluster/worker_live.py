@@ -148,8 +148,29 @@ class WorkerLive:
             for pair in old:
                 self._stop_stream(*pair)
             self.plan = plan
-            _, dt = self.live._switch(old_links, list(new_local), plan, self._instances)  # noqa: SLF001
-            return time.perf_counter() - t0 if not old_links else dt
+            self.live._switch(old_links, list(new_local), plan, self._instances)  # noqa: SLF001
+            return time.perf_counter() - t0
+
+    def wait_stream(self, node: str, peer: str, timeout: float = 30.0) -> str:
+        """Wait until the stream end of ``node`` toward ``peer`` relays (connected and
+        authenticated); returns the peer's address.  Raises LinkError if it failed."""
+        from ..errors import LinkError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                found = [sp for key, sp in self._streams.items() if self._peers[key] == (node, peer)]
+            if not found:
+                raise LinkError(f"no stream end of {node!r} toward {peer!r} on this worker")
+            sp = found[0]
+            if sp.failed:
+                raise LinkError(f"the stream link {node}–{peer} failed: "
+                                + "; ".join(why for _, why in self.events[-3:]))
+            if sp.tx is not None and sp.rx is not None:
+                return str(sp.peer)
+            if time.monotonic() > deadline:
+                raise LinkError(f"the stream link {node}–{peer} did not connect within {timeout:g} s")
+            time.sleep(0.002)
 
     def _stop_stream(self, a: str, b: str) -> bool:
         for key, (node, peer) in list(self._peers.items()):
