@@ -20,7 +20,8 @@ The worker-side steps reuse the local Lab's live chains (:mod:`.worker_live`).
 Steering runs on the relays of one worker: a rule's link must join two nodes of
 one worker and every ``via`` detour must run there too (``lab.add(...,
 host=lab.worker_of(a))``); any other rule raises ``ChainError`` naming the
-workers.  Not on a DistributedLab: ``replace``, ``connect``, ``disconnect``.
+workers.  ``replace`` boots the new NF on the old one's worker.  Not on a
+DistributedLab (yet): ``connect``, ``disconnect``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..describe import ChainPlan, build_plan
 from ..describe.rewire import check_kept, pinned_graph, splice, unsplice
 from ..errors import ChainError
-from ..live import Change, _link_ref
+from ..live import _KEPT_ATTRS, Change, _link_ref
 
 if TYPE_CHECKING:
     from .lab import DistributedLab
@@ -304,9 +305,47 @@ class DistributedLive:
         for rule in [r for r in self.steering.rules.values() if set(r.link) in gone]:
             del self.steering.rules[rule.id]
 
-    def replace(self, node: str, **_: Any) -> Any:
-        raise ChainError("replace() is not available on a DistributedLab (yet): insert() the new "
-                         "NF next to it, then remove() the old one", node=node)
+    def replace(self, node: str, *, kind: Any, carry_state: bool = True, **params: Any) -> RemoteInstance:
+        """Boot a new ``node`` of ``kind`` on its worker first; only once it is up move its links
+        over, its conntrack table carried (as :meth:`Lab.replace`)."""
+        lab = self.lab
+        with self._lock, lab._lock:  # noqa: SLF001
+            lab._require_running()  # noqa: SLF001
+            old = lab.plan
+            if node not in old.nodes:
+                raise ChainError("no such node in the chain", node=node)
+            if "host" in params:
+                raise ChainError("replace() boots the new NF on the old one's worker; to move it, "
+                                 "insert() a new NF and remove() this one", node=node)
+            g = pinned_graph(old)
+            attrs = {k: v for k, v in g.nodes[node].items() if k in (*_KEPT_ATTRS, "host")}
+            g.nodes[node].clear()
+            g.nodes[node].update({**attrs, "kind": kind, **params})
+            new = self._plan(g)
+            check_kept(old, new, [n for n in old.nodes if n != node])
+            if len(new.nodes[node].spec.ports) != len(old.nodes[node].spec.ports):
+                raise ChainError("the replacement would have a different number of ports", node=node)
+            spec = new.nodes[node].spec
+            text = Path(spec.script).read_text() if spec.script is not None else None
+            self._forget_rules([(lp.a, lp.b) for lp in old.links if node in (lp.a, lp.b)])
+            info = lab._call(node, "replace_node", new, spec, text, carry_state,  # noqa: SLF001
+                             wait=lab.boot_timeout + 120)
+            t0 = time.perf_counter()
+            for a, b in info["cross"]:
+                peer = b if a == node else a
+                lab._actor(peer).switch(new, [(a, b)], []).result(timeout=60)  # noqa: SLF001
+                lab._wire(lab._link_plan(new, a, b), new)  # noqa: SLF001
+            switch_s = info["switch_s"] + (time.perf_counter() - t0 if info["cross"] else 0.0)
+            lab.plan = new
+            lab._broadcast_plan()  # noqa: SLF001
+            lab._boot_seconds[node] = info["boot_s"]  # noqa: SLF001
+            lab._pids.clear()  # noqa: SLF001
+            lab._forget_states()  # noqa: SLF001
+            applied = lab._apply_all(old, new, skip=[node])  # noqa: SLF001
+            self._record(Change("replace", node, time.time(), switch_s, info["boot_s"],
+                                {"kind": new.nodes[node].kind.name, "conntrack_carried": info["carried"],
+                                 "applied": applied, "worker": lab.worker_of(node)}))
+            return lab[node]
 
     def connect(self, a: str, b: str, **_: Any) -> Any:
         raise ChainError(f"connect({a!r}, {b!r}) is not available on a DistributedLab (yet)")
@@ -351,7 +390,8 @@ class ClusterLiveOps:
     def unsteer(self, rule: Any) -> None:
         self.live.unsteer(rule)
 
-    def replace(self, node: str, *, kind: Any, **params: Any) -> Any:
+    def replace(self, node: str, *, kind: Any, **params: Any) -> RemoteInstance:
+        """Boot a new ``node`` first (on its worker), carry its conntrack state, move its links."""
         return self.live.replace(node, kind=kind, **params)
 
     def connect(self, a: str, b: str, **attrs: Any) -> Any:

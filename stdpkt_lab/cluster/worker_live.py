@@ -172,6 +172,50 @@ class WorkerLive:
                 raise LinkError(f"the stream link {node}–{peer} did not connect within {timeout:g} s")
             time.sleep(0.002)
 
+    def replace_node(self, plan: ChainPlan, spec: InstanceSpec, script_text: str | None,
+                     carry_state: bool = True) -> dict[str, Any]:
+        """Boot a new ``spec.name`` here first; carry the old one's conntrack table, move its
+        local links to it and stop the old one.  Its stream ends are stopped: the notebook
+        re-makes them (``"cross"``: their pairs).  A replacement that fails to boot or set up
+        is never put in service (BootError; the old one keeps serving)."""
+        return self._spawned(self._replace_node, plan, spec, script_text, carry_state)
+
+    def _replace_node(self, plan: ChainPlan, spec: InstanceSpec, script_text: str | None,
+                      carry_state: bool) -> dict[str, Any]:
+        from ..errors import BootError, StdpktError
+        from ..live import carry_conntrack
+
+        node = spec.name
+        with self._lock:
+            self._require_running()
+            spec = self._script_here(spec, script_text)
+            try:
+                inst, boot_s = self.live._boot(spec, "replacing")  # noqa: SLF001
+            except StdpktError as exc:
+                raise BootError(f"replacement not started, the old {node!r} keeps serving: {exc}",
+                                name=node, console_tail=getattr(exc, "console_tail", "")) from exc
+            old = self._instances[node]
+            try:
+                carried = carry_conntrack(old, inst) if carry_state else 0
+                links = [k for k in self._links if node in (k.a.name, k.b.name)]
+                self.live._unsteer_links(links)  # noqa: SLF001
+                t0 = time.perf_counter()
+                cross = []
+                for key in [k for k in self._streams if k[0] == node]:
+                    cross.append(self._peers.pop(key))
+                    self._streams.pop(key).stop()
+                self.plan = plan
+                self.live._switch(links, [(k.a.name, k.b.name) for k in links], plan,  # noqa: SLF001
+                                  {**self._instances, node: inst})
+                switch_s = time.perf_counter() - t0
+            except BaseException:
+                inst.stop()
+                raise
+            self._instances[node] = inst
+        old.stop()
+        return {"boot_s": boot_s, "carried": carried, "cross": cross, "switch_s": switch_s,
+                "pid": inst.pid, "pooled": inst._pooled}  # noqa: SLF001
+
     def _stop_stream(self, a: str, b: str) -> bool:
         for key, (node, peer) in list(self._peers.items()):
             if {node, peer} == {a, b}:
