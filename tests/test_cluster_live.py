@@ -213,6 +213,36 @@ def _json(text: str) -> Any:
         return None
 
 
+def test_connect_and_disconnect_hot_plug_ports_across_workers(cluster: Any) -> None:
+    n0, n1 = workers(cluster)
+    g = nx.Graph()
+    g.add_node("a", kind="host", host=n0)
+    g.add_node("r", kind="router", host=n1)
+    g.add_node("b", kind="host", host=n1)
+    g.add_node("c", kind="host", serve="http", host=n0)  # booted with no link at all
+    g.add_edges_from([("a", "r"), ("r", "b")])
+    with sl.Lab(g, cluster=cluster, progress=False) as lab:
+        before = lab.pids()
+        assert lab.exec("a", "ping -c 1 -W 2 c", timeout=30).returncode != 0  # no path, no name
+        pair = lab.connect("r", "c")  # r on worker 1, c on worker 0: a stream link
+        assert lab.graph.has_edge("r", "c") and set(pair) == {"r", "c"}
+        assert rows(lab)[("r", "c")].kind == "tcp"
+        assert lab.exec("r", "ip -o addr show eth2", timeout=30).stdout.count("inet ") == 1
+        assert "hello" in lab.exec("a", "wget -qO- -T 5 http://c/", timeout=30).stdout  # routes, hosts
+        c_ip = str(lab.plan.address("c"))
+        with pytest.raises(ChainError, match="not its last port"):
+            lab.disconnect("a", "r")
+        lab.disconnect("r", "c")
+        assert not lab.graph.has_edge("r", "c") and ("r", "c") not in rows(lab)
+        assert lab.exec("r", "ip link show eth2", timeout=30).returncode != 0  # unplugged
+        assert lab.exec("a", f"ping -c 1 -W 2 {c_ip}", timeout=30).returncode != 0
+        lab.connect("c", "r")  # again, from the other side
+        assert lab.exec("a", "ping -c 1 -W 3 c", timeout=30).returncode == 0
+        assert lab.exec("a", "ping -c 1 -W 3 b", timeout=30).returncode == 0
+        assert lab.pids() == before
+        assert [c.what for c in lab.live.history] == ["connect", "disconnect", "connect"]
+
+
 def test_steering_on_one_worker_and_clear_errors_otherwise(cluster: Any) -> None:
     n0, n1 = workers(cluster)
     with sl.Lab(graph(cluster), cluster=cluster, progress=False) as lab:
@@ -226,8 +256,8 @@ def test_steering_on_one_worker_and_clear_errors_otherwise(cluster: Any) -> None
             lab.insert(("client", "fw"), "fw", kind="bridge")
         with pytest.raises(ChainError, match="must be a transparent kind"):
             lab.add("x", kind="router")
-        with pytest.raises(ChainError, match="not available on a DistributedLab"):
-            lab.connect("client", "server")
+        with pytest.raises(ChainError, match="not its last port"):
+            lab.disconnect("client", "fw")
         assert lab.pids() == started and "x" not in lab.placement
         ids = lab.add("ids", kind="bridge", host=n1)
         assert lab.worker_of("ids") == address(cluster, n1) and ids.state.value == "running"

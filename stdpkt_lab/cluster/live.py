@@ -20,8 +20,8 @@ The worker-side steps reuse the local Lab's live chains (:mod:`.worker_live`).
 Steering runs on the relays of one worker: a rule's link must join two nodes of
 one worker and every ``via`` detour must run there too (``lab.add(...,
 host=lab.worker_of(a))``); any other rule raises ``ChainError`` naming the
-workers.  ``replace`` boots the new NF on the old one's worker.  Not on a
-DistributedLab (yet): ``connect``, ``disconnect``.
+workers.  ``replace`` boots the new NF on the old one's worker; ``connect`` /
+``disconnect`` hot-plug and unplug ports on the workers of the two ends.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..describe import ChainPlan, build_plan
-from ..describe.rewire import check_kept, pinned_graph, splice, unsplice
+from ..describe.rewire import check_kept, pinned_graph, splice, unsplice, with_link, without_link
 from ..errors import ChainError
 from ..live import _KEPT_ATTRS, Change, _link_ref
 
@@ -347,11 +347,64 @@ class DistributedLive:
                                  "applied": applied, "worker": lab.worker_of(node)}))
             return lab[node]
 
-    def connect(self, a: str, b: str, **_: Any) -> Any:
-        raise ChainError(f"connect({a!r}, {b!r}) is not available on a DistributedLab (yet)")
+    def connect(self, a: str, b: str, **attrs: Any) -> Pair:
+        """A new link between running ``a`` and ``b`` (hot-plugged ports on their workers; a
+        stream link if they run on two), routes re-derived everywhere; returns (a, b) as the
+        plan orders them."""
+        lab = self.lab
+        with self._lock, lab._lock:  # noqa: SLF001
+            lab._require_running()  # noqa: SLF001
+            old = lab.plan
+            g = with_link(pinned_graph(old), a, b, attrs)
+            new = self._plan(g)
+            check_kept(old, new, old.nodes)
+            lp = lab._link_plan(new, a, b)  # noqa: SLF001
+            plugged: list[tuple[str, int]] = []
+            try:
+                for end, index in ((lp.a, lp.a_port), (lp.b, lp.b_port)):
+                    port = new.nodes[end].spec.ports[index]
+                    address = str(port.address) if port.address is not None else None
+                    if lab._call(end, "plug_port", end, index, port.mtu, address, wait=120):  # noqa: SLF001
+                        plugged.append((end, index))
+                dt = lab._rewire([], [(lp.a, lp.b)], new)  # noqa: SLF001
+            except BaseException:
+                lab._undo([(lp.a, lp.b)], old)  # noqa: SLF001
+                for end, index in plugged:
+                    lab._call(end, "unplug_port", end, index, wait=60)  # noqa: SLF001
+                raise
+            lab.plan = new
+            lab._broadcast_plan()  # noqa: SLF001
+            applied = lab._apply_all(old, new)  # noqa: SLF001
+            self._record(Change("connect", f"{a}-{b}", time.time(), dt, 0.0, {"applied": applied}))
+            return (lp.a, lp.b)
 
     def disconnect(self, a: str, b: str) -> None:
-        raise ChainError(f"disconnect({a!r}, {b!r}) is not available on a DistributedLab (yet)")
+        """Remove the link between ``a`` and ``b`` (only a link on the last port of both ends:
+        ports keep their numbers); a hot-plugged port is unplugged."""
+        lab = self.lab
+        with self._lock, lab._lock:  # noqa: SLF001
+            lab._require_running()  # noqa: SLF001
+            old = lab.plan
+            lp = self._link_plan(a, b)
+            for end, index in ((lp.a, lp.a_port), (lp.b, lp.b_port)):
+                last = len(old.nodes[end].spec.ports) - 1
+                if index != last:
+                    raise ChainError(f"eth{index} is not its last port (eth{last}): disconnecting "
+                                     "it would renumber the ports after it; remove() the node "
+                                     "between instead", node=end)
+            try:
+                new = self._plan(without_link(pinned_graph(old), a, b))
+            except ChainError as exc:
+                raise ChainError(f"cannot disconnect {a!r} and {b!r}: {exc}") from None
+            check_kept(old, new, [n for n in old.nodes if n not in (a, b)])
+            self._forget_rules([(a, b)])
+            lab._rewire([(lp.a, lp.b)], [], new)  # noqa: SLF001
+            for end, index in ((lp.a, lp.a_port), (lp.b, lp.b_port)):
+                lab._call(end, "unplug_port", end, index, wait=60)  # noqa: SLF001
+            lab.plan = new
+            lab._broadcast_plan()  # noqa: SLF001
+            applied = lab._apply_all(old, new, skip=[a, b])  # noqa: SLF001
+            self._record(Change("disconnect", f"{a}-{b}", time.time(), details={"applied": applied}))
 
     def graph(self) -> Any:
         g = self.lab.plan.graph.copy()
@@ -394,8 +447,10 @@ class ClusterLiveOps:
         """Boot a new ``node`` first (on its worker), carry its conntrack state, move its links."""
         return self.live.replace(node, kind=kind, **params)
 
-    def connect(self, a: str, b: str, **attrs: Any) -> Any:
+    def connect(self, a: str, b: str, **attrs: Any) -> Pair:
+        """A new link between running ``a`` and ``b`` (hot-plugged ports, across workers too)."""
         return self.live.connect(a, b, **attrs)
 
     def disconnect(self, a: str, b: str) -> None:
+        """Remove the link between ``a`` and ``b``."""
         self.live.disconnect(a, b)

@@ -216,6 +216,39 @@ class WorkerLive:
         return {"boot_s": boot_s, "carried": carried, "cross": cross, "switch_s": switch_s,
                 "pid": inst.pid, "pooled": inst._pooled}  # noqa: SLF001
 
+    def plug_port(self, node: str, index: int, mtu: int, address: str | None) -> bool:
+        """Port ``index`` of running ``node`` for a new link, as ``LiveChains.connect`` makes it:
+        a boot-time port left unlinked is addressed again, else one is hot-plugged (True)."""
+        from ..engine import hotplug
+        from ..live import _has_port
+
+        def work() -> bool:
+            with self._lock:
+                self._require_running()
+                inst = self._instances[node]
+                if _has_port(inst, index):
+                    booted = inst.spec.ports[index].mtu
+                    if booted != mtu:
+                        raise ChainError(f"eth{index} was booted with MTU {booted}, the link "
+                                         f"wants {mtu}", node=node)
+                    if address is not None:
+                        inst.exec(f"ip addr add {address} dev eth{index}", timeout=20).check()
+                    return False
+                hotplug.plug(inst, index, mtu=mtu, address=address)
+                return True
+        return self._spawned(work)
+
+    def unplug_port(self, node: str, index: int) -> None:
+        """Undo :meth:`plug_port` (a boot-time port stays, unaddressed, for a later connect)."""
+        from ..engine import hotplug
+
+        with self._lock:
+            inst = self._instances[node]
+            if hotplug.is_plugged(inst, index):
+                hotplug.unplug(inst, index)
+            else:
+                inst.exec(f"ip addr flush dev eth{index}", timeout=20)
+
     def _stop_stream(self, a: str, b: str) -> bool:
         for key, (node, peer) in list(self._peers.items()):
             if {node, peer} == {a, b}:
