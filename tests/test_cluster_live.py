@@ -129,8 +129,11 @@ def test_routing_insert_on_a_named_worker_renumbers_across_workers(cluster: Any)
     n0, _n1 = workers(cluster)
     with sl.Lab(graph(cluster), cluster=cluster, progress=False) as lab:
         old_server = str(lab.plan["server"].spec.ports[0].address.ip)
+        assert lab.live.warm(1, host=n0) == {address(cluster, n0): 1}
+        wait_for(lambda: lab.live.pool_available()[address(cluster, n0)] == 1, "a warm instance", 60)
         lab.insert(("fw", "server"), "r", kind="router", host=n0)
         change = lab.live.history[-1]
+        assert change.details["pooled"], change  # from worker 0's warm pool
         assert lab.worker_of("r") == address(cluster, n0)
         assert "server" in change.details["applied"]  # renumbered on its own worker
         new_server = str(lab.plan["server"].spec.ports[0].address.ip)

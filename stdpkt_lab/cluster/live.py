@@ -155,6 +155,27 @@ class DistributedLive:
             bar.close()
         return address, info
 
+    def warm(self, size: int = 1, *, ports: int = 2, mem_mb: int = 128, host: Any = None) -> dict[str, int]:
+        """Keep ``size`` blank instances booted on the worker ``host`` (default: every worker
+        of the lab) for the next inserts there (``LiveChains.warm`` on each worker)."""
+        from .lab import _workers
+
+        lab = self.lab
+        lab._require_running()  # noqa: SLF001
+        if host is None:
+            targets = list(lab._actors)  # noqa: SLF001
+        else:
+            found = [w for w in _workers(lab.client) if w.matches(str(host))]
+            if not found:
+                raise ChainError(f"warm(host={host!r}) names no worker of the cluster")
+            targets = [found[0].address]
+        pending = {a: lab._ensure_actor(a).warm(size, ports, mem_mb) for a in targets}  # noqa: SLF001
+        return {a: f.result(timeout=60) for a, f in pending.items()}
+
+    def pool_available(self) -> dict[str, int]:
+        """Ready instances in each worker's warm pool."""
+        return dict(self.lab._each_worker("pool_available"))  # noqa: SLF001
+
     def _record(self, change: Change) -> Change:
         self.history.append(change)
         self.lab.events.append((change.time, f"live {change.what} {change.node}: "

@@ -344,6 +344,20 @@ class WorkerLive:
             return {}
         return Sampler(self).node_samples(now)  # type: ignore[arg-type]
 
+    def warm(self, size: int, ports: int, mem_mb: int) -> int:
+        """Keep ``size`` blank instances booted here for the next inserts (``LiveChains.warm``)."""
+        def work() -> int:
+            with self._lock:
+                self._require_running()
+                self.live.warm(size, ports=ports, mem_mb=mem_mb)  # fills in the background
+                return size
+        return self._spawned(work)
+
+    def pool_available(self) -> int:
+        """Blank instances ready in this worker's warm pool."""
+        pool = self._live.pool if self._live is not None else None
+        return int(pool.available) if pool is not None else 0
+
     # ------------------------------------------------------------ detours and steering
     def add_detour(self, node: str, kind: Any, params: dict[str, Any]) -> dict[str, Any]:
         """Boot a detour (``LiveChains.add``) here."""
