@@ -296,7 +296,7 @@ class DistributedLab(StateTables, LinkConditions, ClusterLiveOps, Wiring):
         self._futures.clear()
 
     def __enter__(self) -> DistributedLab:
-        if self._state == "created":
+        if self._state is ClusterState.CREATED:
             self.start()
         return self
 
@@ -306,7 +306,8 @@ class DistributedLab(StateTables, LinkConditions, ClusterLiveOps, Wiring):
     def _check_scheduler(self) -> None:
         status = str(getattr(self.client, "status", "running"))
         if status not in ("running", "newly-created") and not self._scheduler_lost:
-            self._scheduler_lost = f"the Dask client is {status!r}"
+            self._scheduler_lost = ("the Dask client was closed" if status in ("closing", "closed")
+                                    else f"the Dask client is {status!r}, the scheduler unreachable")
             self.events.append((time.time(), f"scheduler lost: {self._scheduler_lost}"))
 
     def _require_running(self) -> None:
