@@ -294,6 +294,7 @@ def test_dashboard_shows_a_cross_worker_link_and_acts_on_the_chain(cluster: Any)
         dash = lab.dashboard(rate_hz=5)
         try:
             assert dash.running and lab.sampler.running
+            assert "Lab: 3 nodes, running" in lab._repr_html_()
             cross = dash.links.index(("client", "fw"))  # a TCP stream link between the workers
             points = dash.rates.points
             lab.exec("client", "ping -c 15 -i 0.1 server", timeout=30)

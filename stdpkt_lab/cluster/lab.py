@@ -319,6 +319,12 @@ class DistributedLab(StateTables, LinkConditions, ClusterLiveOps, Wiring):
         if self._state is not ClusterState.RUNNING:
             raise StateError(f"lab is {self._state.value}, not running")
 
+    def _repr_html_(self) -> str:
+        """Nodes with kind, state and addresses, as a local Lab shows them in Jupyter."""
+        from ..labview import lab_html
+
+        return lab_html(self)  # type: ignore[arg-type]  # it reads plan, instances and state only
+
     def dashboard(self, **options: Any) -> Any:
         """The live Jupyter view of this lab (as :meth:`Lab.dashboard`: the ``lab`` extra)."""
         from ..dashboard import Dashboard
