@@ -6,7 +6,11 @@ does, places the nodes on workers (:mod:`.placement`), starts one
 worker with local relays and the others with pcap streams over TCP (the
 listening end on the worker of the link's first node), and keeps the workers'
 lease alive.  Results come back through the actors: exec, counters, traces,
-follow, NF counters, pcap files.
+follow, NF counters, pcap files.  The running chain changes as a local Lab's
+does (insert, remove, replace, steer...: :mod:`.live`, with the re-wiring in
+:mod:`.wiring`), and ``lab.dashboard()`` shows it: ``lab[node]`` and
+``lab.instances`` are :class:`~.remote.RemoteInstance` views and ``lab.sampler``
+reads the workers (:mod:`.remote`), which is all the dashboard reads.
 
 Any ``distributed.Client`` works: ``Client(LocalCluster(...))`` on one machine,
 a ``dask-jobqueue`` cluster on an HPC scheduler, ``dask-kubernetes`` or Dask

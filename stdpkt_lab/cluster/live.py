@@ -349,8 +349,16 @@ class DistributedLive:
             spec = new.nodes[node].spec
             text = Path(spec.script).read_text() if spec.script is not None else None
             self._forget_rules([(lp.a, lp.b) for lp in old.links if node in (lp.a, lp.b)])
-            info = lab._call(node, "replace_node", new, spec, text, carry_state,  # noqa: SLF001
-                             wait=lab.boot_timeout + 120)
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=1, desc=f"replacing {node}", unit="instance", disable=not lab.progress,
+                       leave=False)
+            try:
+                info = lab._call(node, "replace_node", new, spec, text, carry_state,  # noqa: SLF001
+                                 wait=lab.boot_timeout + 120)
+                bar.update(1)
+            finally:
+                bar.close()
             t0 = time.perf_counter()
             for a, b in info["cross"]:
                 peer = b if a == node else a
