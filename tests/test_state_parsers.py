@@ -238,9 +238,11 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 def test_lower_layers_never_import_lab() -> None:
     """lab.py is the top: describe/, engine/, observe/, relay/ and dashboard/ do not import it
-    (not even for type checking), so there is no lab ⇄ dashboard or lab ⇄ sampler cycle."""
+    (not even for type checking), so there is no lab ⇄ dashboard or lab ⇄ sampler cycle; nor
+    does cluster/ (``Lab(g, cluster=...)`` imports it: the DistributedLab gives the dashboard
+    what it reads through the same protocol, dashboard/source.py)."""
     offenders = []
-    for sub in ("describe", "engine", "observe", "relay", "dashboard"):
+    for sub in ("describe", "engine", "observe", "relay", "dashboard", "cluster"):
         for path in (PKG / sub).glob("*.py"):
             if "stdpkt_lab.lab" in _imports(path):
                 offenders.append(str(path.relative_to(PKG)))

@@ -6,7 +6,11 @@ does, places the nodes on workers (:mod:`.placement`), starts one
 worker with local relays and the others with pcap streams over TCP (the
 listening end on the worker of the link's first node), and keeps the workers'
 lease alive.  Results come back through the actors: exec, counters, traces,
-follow, NF counters, pcap files.
+follow, NF counters, pcap files.  The running chain changes as a local Lab's
+does (insert, remove, replace, steer...: :mod:`.live`, with the re-wiring in
+:mod:`.wiring`), and ``lab.dashboard()`` shows it: ``lab[node]`` and
+``lab.instances`` are :class:`~.remote.RemoteInstance` views and ``lab.sampler``
+reads the workers (:mod:`.remote`), which is all the dashboard reads.
 
 Any ``distributed.Client`` works: ``Client(LocalCluster(...))`` on one machine,
 a ``dask-jobqueue`` cluster on an HPC scheduler, ``dask-kubernetes`` or Dask
@@ -25,12 +29,16 @@ from typing import Any
 
 import networkx as nx
 
-from ..describe import KindRegistry, build_plan
+from ..describe import ChainPlan, KindRegistry, build_plan
 from ..engine.agent import ExecResult
 from ..errors import ChainError, StateError, StdpktError
+from ..lab_features import LinkConditions, StateTables
 from ..observe.samples import LinkSample, records
 from ..observe.traces import Journey, follow_packet, to_packets, write_pcap
+from .live import ClusterLiveOps, DistributedLive
 from .placement import WorkerInfo, place
+from .remote import STATE_FRESH_S, ClusterSampler, ClusterState, RemoteInstance
+from .wiring import Wiring
 from .worker import LocalLinkSpec, WorkerSide
 
 __all__ = ["DistributedLab"]
@@ -38,14 +46,16 @@ __all__ = ["DistributedLab"]
 LinkRef = tuple[str, str]
 
 
-class DistributedLab:
+class DistributedLab(StateTables, LinkConditions, ClusterLiveOps, Wiring):
     """Running instances of one chain graph, spread over a Dask cluster's workers."""
 
     def __init__(self, graph: nx.Graph, *, cluster: Any, registry: KindRegistry | None = None,
                  boot_timeout: float = 120.0, progress: bool = True, lease: float = 15.0,
-                 trace_slots: int = 1024, trace_snap: int = 256, **_ignored: Any) -> None:
+                 trace_slots: int = 1024, trace_snap: int = 256, sample_hz: float | None = 5.0,
+                 **_ignored: Any) -> None:
         self.client = cluster
-        self.plan = build_plan(graph, registry=registry)
+        self.plan: ChainPlan = build_plan(graph, registry=registry)
+        self._registry = registry
         self.boot_timeout = boot_timeout
         self.progress = progress
         self.lease = lease
@@ -55,7 +65,16 @@ class DistributedLab:
         self.placement: dict[str, WorkerInfo] = {}
         self._actors: dict[str, Any] = {}  # worker address -> actor proxy
         self._futures: list[Any] = []
-        self._state = "created"
+        self._state = ClusterState.CREATED
+        self._lock = threading.RLock()
+        self._live: DistributedLive | None = None
+        self.sampler = ClusterSampler(self, rate_hz=sample_hz or 1.0)
+        self._sample_hz = sample_hz
+        self._states: dict[str, tuple[float, str]] = {}  # node -> (monotonic time, state)
+        self._pids: dict[str, int | None] = {}
+        self._boot_seconds: dict[str, float] = {}
+        self._unreachable: dict[str, str] = {}  # worker address -> why (heartbeats fail)
+        self._scheduler_lost = ""
         self._beats: threading.Thread | None = None
         self._stop_beats = threading.Event()
         self._previous: dict[tuple[str, str], tuple[float, int, int]] = {}
@@ -66,7 +85,7 @@ class DistributedLab:
 
     # ------------------------------------------------------------ views
     @property
-    def state(self) -> str:
+    def state(self) -> ClusterState:
         return self._state
 
     @property
@@ -87,32 +106,125 @@ class DistributedLab:
             raise KeyError(f"no node {node!r} in this lab") from None
 
     def _actor(self, node: str) -> Any:
-        return self._actors[self.worker_of(node)]
+        address = self.worker_of(node)
+        if address in self._unreachable:
+            raise StateError(f"node {node!r}: its worker {address} is unreachable "
+                             f"({self._unreachable[address]})",
+                             hint="lab.drain_events() says what ended; stop this lab and start a new one")
+        return self._actors[address]
+
+    def _call(self, node: str, method: str, *args: Any, wait: float | None = 60.0) -> Any:
+        """``method(*args)`` on the actor of ``node``'s worker; a lost worker is a StateError."""
+        actor = self._actor(node)
+        try:
+            return getattr(actor, method)(*args).result(timeout=wait)
+        except (StdpktError, KeyError, ValueError, TypeError):
+            raise  # the worker's own answer (an unknown node, a bad argument, a guest's error)
+        except Exception as exc:  # the worker, its actor or the scheduler is gone
+            self._check_scheduler()
+            raise StateError(f"node {node!r}: its worker {self.worker_of(node)} did not answer "
+                             f"{method}: {type(exc).__name__}: {exc}",
+                             hint="lab.drain_events() says what ended; stop this lab and start "
+                                  "a new one") from exc
+
+    def _each_worker(self, method: str, *args: Any, wait: float = 30.0) -> list[tuple[str, Any]]:
+        """``method(*args)`` on every reachable worker at once; (address, result) pairs."""
+        pending = []
+        for address, actor in list(self._actors.items()):
+            if address in self._unreachable:
+                continue
+            try:
+                pending.append((address, getattr(actor, method)(*args)))
+            except Exception:  # noqa: BLE001 - a lost worker: the heartbeat says so
+                continue
+        out = []
+        for address, future in pending:
+            try:
+                out.append((address, future.result(timeout=wait)))
+            except StdpktError:
+                raise
+            except Exception:  # noqa: BLE001 - as above
+                continue
+        return out
+
+    # ------------------------------------------------------------ the Instance-like views
+    def __getitem__(self, node: str) -> RemoteInstance:
+        if node in self.placement:
+            return RemoteInstance(self, node)
+        raise KeyError(f"no node {node!r} in this lab (nodes: {', '.join(self.plan.nodes)})")
+
+    @property
+    def instances(self) -> dict[str, RemoteInstance]:
+        return {name: RemoteInstance(self, name) for name in self.plan.nodes}
+
+    def _note_states(self, states: dict[str, str], when: float) -> None:
+        for name, state in states.items():
+            self._states[name] = (when, state)
+
+    def _forget_states(self) -> None:
+        self._states.clear()
+
+    def _state_of(self, node: str) -> str:
+        if self._state is ClusterState.STOPPED or node not in self.placement:
+            return "stopped"  # the lab, or this node (removed), was stopped
+        found = self._states.get(node)
+        if found is None or time.monotonic() - found[0] > STATE_FRESH_S:
+            address = self.worker_of(node)
+            if address in self._unreachable:
+                return "exited"
+            try:
+                states = self._actors[address].states().result(timeout=10)
+            except Exception:  # noqa: BLE001 - its worker is gone
+                return "exited"
+            self._note_states(states, time.monotonic())
+            found = self._states.get(node, (0.0, "exited"))
+        return found[1]
+
+    def _pid_of(self, node: str) -> int | None:
+        if node not in self._pids:
+            self._pids.update(self.pids())
+        return self._pids.get(node)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> DistributedLab:
-        if self._state != "created":
-            raise StateError(f"lab is {self._state}; start() needs a new Lab")
-        self._state = "starting"
+        if self._state is not ClusterState.CREATED:
+            raise StateError(f"lab is {self._state.value}; start() needs a new Lab")
+        self._state = ClusterState.STARTING
         try:
             self._start()
         except BaseException:
-            self._state = "failed"
+            self._state = ClusterState.FAILED
             self._teardown()
             raise
-        self._state = "running"
+        self._state = ClusterState.RUNNING
+        if self._sample_hz:
+            self.sampler.start()
         return self
+
+    def _new_actor(self, address: str) -> Any:
+        future = self.client.submit(WorkerSide, self.lab_id, self.lease, self._trace,
+                                    actor=True, workers=[address], allow_other_workers=False,
+                                    pure=False)
+        self._futures.append(future)
+        actor = self._actors[address] = future.result(timeout=60)
+        return actor
+
+    def _ensure_actor(self, address: str) -> Any:
+        """The actor of ``address``, started (with an empty part of the lab) if this lab did not
+        use that worker yet."""
+        if address in self._actors:
+            return self._actors[address]
+        actor = self._new_actor(address)
+        actor.start([], [], self._token).result(timeout=60)
+        actor.set_plan(self.plan, self._registry, self.boot_timeout).result(timeout=60)
+        return actor
 
     def _start(self) -> None:
         from tqdm.auto import tqdm
 
         used = sorted({w.address for w in self.placement.values()})
         for address in used:
-            future = self.client.submit(WorkerSide, self.lab_id, self.lease, self._trace,
-                                        actor=True, workers=[address], allow_other_workers=False,
-                                        pure=False)
-            self._futures.append(future)
-            self._actors[address] = future.result(timeout=60)
+            self._new_actor(address)
         self._beats = threading.Thread(target=self._heartbeat, daemon=True, name="stdpkt-lease")
         self._beats.start()
         per_worker: dict[str, tuple[list[Any], list[LocalLinkSpec]]] = {a: ([], []) for a in used}
@@ -131,6 +243,8 @@ class DistributedLab:
                    for a, (nodes, links) in per_worker.items()]
         for f in started:
             f.result()
+        for f in [self._actors[a].set_plan(self.plan, self._registry, self.boot_timeout) for a in used]:
+            f.result()
         for lp in cross:
             host, port = self._actor(lp.a).listen(lp.a, lp.a_port, lp.b).result()
             self._actor(lp.b).connect(lp.b, lp.b_port, lp.a, host, port).result()
@@ -147,23 +261,30 @@ class DistributedLab:
 
     def _heartbeat(self) -> None:
         while not self._stop_beats.wait(max(self.lease / 5, 0.5)):
-            for actor in list(self._actors.values()):
+            self._check_scheduler()
+            for address, actor in list(self._actors.items()):
                 try:
-                    actor.heartbeat().result(timeout=self.lease)
-                except Exception:  # noqa: BLE001 - a lost worker: its lease lapses by itself
-                    continue
+                    why = actor.heartbeat().result(timeout=self.lease)
+                except Exception as exc:  # noqa: BLE001 - a lost worker: its lease lapses by itself
+                    why = f"heartbeat failed: {type(exc).__name__}: {exc}"
+                if why and address not in self._unreachable:
+                    self._unreachable[address] = str(why)
+                    self.events.append((time.time(), f"worker {address} lost: {why}"))
 
     def stop(self) -> None:
-        if self._state in ("stopped", "created"):
-            self._state = "stopped"
+        if self._state in (ClusterState.STOPPED, ClusterState.CREATED):
+            self._state = ClusterState.STOPPED
             return
-        self._state = "stopped"
+        self._state = ClusterState.STOPPED
         self._teardown()
 
     def _teardown(self) -> None:
         self._stop_beats.set()
+        self.sampler.stop()
         pending = []
-        for actor in self._actors.values():
+        for address, actor in self._actors.items():
+            if address in self._unreachable or self._scheduler_lost:
+                continue  # gone, or stopping itself: do not wait a minute for it
             try:
                 pending.append(actor.stop())
             except Exception:  # noqa: BLE001
@@ -179,32 +300,67 @@ class DistributedLab:
         self._futures.clear()
 
     def __enter__(self) -> DistributedLab:
-        if self._state == "created":
+        if self._state is ClusterState.CREATED:
             self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _check_scheduler(self) -> None:
+        status = str(getattr(self.client, "status", "running"))
+        if status not in ("running", "newly-created") and not self._scheduler_lost:
+            self._scheduler_lost = ("the Dask client was closed" if status in ("closing", "closed")
+                                    else f"the Dask client is {status!r}, the scheduler unreachable")
+            self.events.append((time.time(), f"scheduler lost: {self._scheduler_lost}"))
+
     def _require_running(self) -> None:
-        if self._state != "running":
-            raise StateError(f"lab is {self._state}, not running")
+        self._check_scheduler()
+        if self._scheduler_lost:
+            raise StateError(f"this lab lost its Dask scheduler ({self._scheduler_lost}): its "
+                             "workers stop its instances when they lose the scheduler",
+                             hint="lab.stop(), then start a new cluster and a new Lab")
+        if self._state is not ClusterState.RUNNING:
+            raise StateError(f"lab is {self._state.value}, not running")
+
+    def _repr_html_(self) -> str:
+        """Nodes with kind, state and addresses, as a local Lab shows them in Jupyter."""
+        from ..labview import lab_html
+
+        return lab_html(self)  # type: ignore[arg-type]  # it reads plan, instances and state only
+
+    def dashboard(self, **options: Any) -> Any:
+        """The live Jupyter view of this lab (as :meth:`Lab.dashboard`: the ``lab`` extra)."""
+        from ..dashboard import Dashboard
+
+        return Dashboard(self, **options).start()
 
     # ------------------------------------------------------------ commands
     def exec(self, node: str, cmd: str | Sequence[str], *, timeout: float | None = 30.0,
              input: bytes | None = None) -> ExecResult:
         self._require_running()
         wait = None if timeout is None else timeout + 30
-        result: ExecResult = self._actor(node).exec(node, cmd, timeout, input).result(timeout=wait)
+        result: ExecResult = self._call(node, "exec", node, cmd, timeout, input, wait=wait)
         return result
 
     def pids(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {}
-        for actor in self._actors.values():
-            out.update(actor.pids().result(timeout=30))
+        for _address, found in self._each_worker("pids"):
+            out.update(found)
         return out
 
     # ------------------------------------------------------------ observation
+    def _link_rows(self) -> list[tuple[dict[str, Any], str]]:
+        """Every link direction's counters from the workers, once each: (row, worker)."""
+        out, seen = [], set()
+        for address, rows in self._each_worker("link_stats"):
+            for row in rows:
+                key = (row["src"], row["dst"])
+                if key not in seen:
+                    seen.add(key)
+                    out.append((row, address))
+        return out
+
     def counters(self) -> Any:
         """One row per link direction, as :meth:`Lab.counters`, plus ``kind`` (local/tcp) and
         ``worker``.  A cross-worker link is counted by the relays of its listening end (the
@@ -212,24 +368,19 @@ class DistributedLab:
         self._require_running()
         now = time.time()
         samples, extra = [], []
-        seen: set[tuple[str, str]] = set()
-        for address, actor in self._actors.items():
-            for row in actor.link_stats().result(timeout=30):
-                key = (row["src"], row["dst"])
-                if key in seen:
-                    continue
-                seen.add(key)
-                prev = self._previous.get(key)
-                pps = bps = 0.0
-                if prev is not None and now > prev[0]:
-                    dt = now - prev[0]
-                    pps = max((row["frames"] + row["injected"] - prev[1]) / dt, 0.0)
-                    bps = max(8 * (row["bytes"] - prev[2]) / dt, 0.0)
-                self._previous[key] = (now, row["frames"] + row["injected"], row["bytes"])
-                samples.append(LinkSample(now, row["link"], row["src"], row["dst"], row["frames"],
-                                          row["bytes"], row["drops"], row["malformed"],
-                                          row["injected"], pps, bps))
-                extra.append((row["kind"], address))
+        for row, address in self._link_rows():
+            key = (row["src"], row["dst"])
+            prev = self._previous.get(key)
+            pps = bps = 0.0
+            if prev is not None and now > prev[0]:
+                dt = now - prev[0]
+                pps = max((row["frames"] + row["injected"] - prev[1]) / dt, 0.0)
+                bps = max(8 * (row["bytes"] - prev[2]) / dt, 0.0)
+            self._previous[key] = (now, row["frames"] + row["injected"], row["bytes"])
+            samples.append(LinkSample(now, row["link"], row["src"], row["dst"], row["frames"],
+                                      row["bytes"], row["drops"], row["malformed"],
+                                      row["injected"], pps, bps))
+            extra.append((row["kind"], address))
         table = records(samples)
         if isinstance(table, list):
             for row, (kind, address) in zip(table, extra, strict=True):
@@ -248,7 +399,14 @@ class DistributedLab:
             raise KeyError(f"no link between {a!r} and {b!r}")
         return self._actor(lp.a)  # the listening end's relays
 
+    @staticmethod
+    def _direction(direction: str) -> str:
+        if direction not in ("both", "forward", "backward"):
+            raise ValueError(f"direction {direction!r}: expected 'both', 'forward' or 'backward'")
+        return direction
+
     def _frames(self, link: LinkRef, direction: str, count: int | None) -> list[Any]:
+        self._direction(direction)
         frames: list[Any] = self._holder(link).trace(link[0], link[1], count).result(timeout=30)
         if direction == "forward":
             frames = [f for f in frames if f[0] == tuple(link)]
@@ -260,8 +418,10 @@ class DistributedLab:
         self._require_running()
         return to_packets(self._frames(link, direction, count))
 
-    def set_trace_filter(self, link: LinkRef, expr: str | None) -> None:
-        self._holder(link).set_trace_filter(link[0], link[1], expr).result(timeout=30)
+    def set_trace_filter(self, link: LinkRef, expr: str | None, *, direction: str = "both") -> None:
+        """Keep only frames matching a pcap filter (``"tcp port 80"``) in ``link``'s trace."""
+        self._holder(link).set_trace_filter(link[0], link[1], expr,
+                                            self._direction(direction)).result(timeout=30)
 
     def inject(self, link: LinkRef, packet: Any, *, count: int = 1, interval: float = 0.0) -> None:
         """Send ``packet`` (scapy or bytes) on ``link`` = (a, b) toward b, as :meth:`Lab.inject`."""
@@ -302,7 +462,7 @@ class DistributedLab:
         spread: dict[str, list[str]] = {}
         for node, w in self.placement.items():
             spread.setdefault(w.name, []).append(node)
-        return f"<DistributedLab {len(self)} nodes on {len(spread)} workers {self._state}>"
+        return f"<DistributedLab {len(self)} nodes on {len(spread)} workers {self._state.value}>"
 
 
 def _workers(client: Any) -> list[WorkerInfo]:

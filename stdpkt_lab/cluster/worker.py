@@ -34,6 +34,7 @@ from ..engine.spec import InstanceSpec
 from ..engine.streams import StreamEnds, StreamPort, listen_socket
 from ..errors import StateError
 from ..relay import Pump, TracedFrame
+from .worker_live import WorkerLive
 
 __all__ = ["WorkerSide", "LocalLinkSpec"]
 
@@ -53,7 +54,7 @@ def _worker_host() -> str:
     return address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
 
 
-class WorkerSide:
+class WorkerSide(WorkerLive):
     """Instances, local links and stream ends of one lab on one worker."""
 
     def __init__(self, lab_id: str, lease: float = 15.0, trace: tuple[int, int] = (1024, 256)) -> None:
@@ -62,6 +63,7 @@ class WorkerSide:
         self._trace = trace
         # one long-lived thread spawns every launcher: its parent-death signal is bound to it
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix=f"stdpkt-{lab_id}")
+        self._spawner_ident = self._spawner.submit(threading.get_ident).result()
         self._instances: dict[str, Instance] = {}
         self._links: list[Link] = []
         self._streams: dict[tuple[str, int], StreamPort] = {}
@@ -73,21 +75,38 @@ class WorkerSide:
         self._stopped = False
         self._beat = time.monotonic()
         self.events: list[tuple[float, str]] = []
+        self._worker = _dask_worker()
+        self.stopped_because = ""
         self._watchdog = threading.Thread(target=self._watch, daemon=True, name="stdpkt-lease")
         self._watchdog.start()
 
     # ------------------------------------------------------------ lease
-    def heartbeat(self) -> bool:
+    async def heartbeat(self) -> str:
+        """The notebook's lease renewal; returns "" while running, else why this part stopped.
+        (A coroutine: it runs on the worker's event loop, not behind a long operation.)"""
         self._beat = time.monotonic()
-        return not self._stopped
+        return self.stopped_because if self._stopped else ""
 
     def _watch(self) -> None:
+        lost_since: float | None = None
         while not self._stopped:
-            time.sleep(min(1.0, self.lease / 4))
+            time.sleep(min(0.5, self.lease / 4))
+            why = ""
             if time.monotonic() - self._beat > self.lease:
-                log.warning("stdpkt lab %s: no heartbeat for %.0f s: stopping its instances",
-                            self.lab_id, self.lease)
-                self.events.append((time.time(), "lease expired: the notebook is gone"))
+                why = f"lease expired: no heartbeat from the notebook for {self.lease:g} s"
+            closing, lost = _scheduler_lost(self._worker)
+            if closing:  # the worker is closing: at once, before its process goes
+                why = lost
+            elif lost:  # a broken scheduler connection, for a second: the worker is going
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since >= 1.0:
+                    why = lost
+            else:
+                lost_since = None
+            if why:
+                log.warning("stdpkt lab %s: %s: stopping its instances", self.lab_id, why)
+                self.events.append((time.time(), why))
+                self.stopped_because = why
                 self.stop()
 
     # ------------------------------------------------------------ building
@@ -159,7 +178,9 @@ class WorkerSide:
     # ------------------------------------------------------------ using
     def _instance(self, node: str) -> Instance:
         if self._stopped:
-            raise StateError("this worker's part of the lab was stopped")
+            raise StateError(f"this worker's part of the lab was stopped: {self.stopped_because or 'lab.stop()'}")
+        if node not in self._instances and self._live is not None and node in self._live.detours:
+            return self._live.detours[node]
         return self._instances[node]
 
     def exec(self, node: str, cmd: Any, timeout: float | None = 30.0,
@@ -223,9 +244,11 @@ class WorkerSide:
             pump.inject(frame)
         return count
 
-    def set_trace_filter(self, a: str, b: str, expr: str | None) -> None:
+    def set_trace_filter(self, a: str, b: str, expr: str | None, direction: str = "both") -> None:
         for pump in self._pumps(a, b):
-            pump.set_filter(expr)
+            d = _pump_direction(pump, a, b, self)
+            if direction == "both" or d == ((a, b) if direction == "forward" else (b, a)):
+                pump.set_filter(expr)
 
     def drain_events(self) -> list[tuple[float, str]]:
         events, self.events = self.events, []
@@ -237,6 +260,10 @@ class WorkerSide:
             if self._stopped:
                 return
             self._stopped = True
+        try:
+            self._close_live()  # detours, warm pool, steering rules
+        except Exception:  # noqa: BLE001 - stop the rest regardless
+            log.exception("stopping the detours")
         for sp in self._streams.values():
             sp.stop()
         for link in self._links:
@@ -253,6 +280,30 @@ class WorkerSide:
     def __del__(self) -> None:  # the actor released by Dask: no owner is left
         if not getattr(self, "_stopped", True):
             self.stop()
+
+
+def _dask_worker() -> Any:
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
+
+
+def _scheduler_lost(worker: Any) -> tuple[bool, str]:
+    """(closing, why) when ``worker`` (a ``distributed.Worker``) is closing or has lost its
+    scheduler connection, else (False, "")."""
+    if worker is None:
+        return False, ""
+    status = getattr(getattr(worker, "status", None), "name", "")
+    if status in ("closing", "closed", "closing_gracefully", "failed"):
+        return True, f"its Dask worker is {status} (the scheduler is gone or closed it)"
+    stream = getattr(worker, "batched_stream", None)
+    comm = getattr(stream, "comm", None)
+    if stream is not None and (comm is None or comm.closed()):
+        return False, "its Dask worker lost the connection to the scheduler"
+    return False, ""
 
 
 def _stats(stats: Any) -> dict[str, Any]:

@@ -153,6 +153,10 @@ class Dashboard(widgets.VBox):
     def start(self) -> Dashboard:
         """Start the update thread (idempotent); returns self, so ``lab.dashboard()`` displays it."""
         if self._thread is None:
+            try:  # bokeh's stream() imports pandas lazily: never for the first time in two threads
+                import pandas  # noqa: F401
+            except ImportError:
+                pass
             if self.lab.state.value == "running" and not self.lab.sampler.running:
                 self.lab.sampler.start()  # a Lab(sample_hz=None) has no rates otherwise
             self._stop.clear()
