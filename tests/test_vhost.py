@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import networkx as nx
 import pytest
 
 import stdpkt_lab as sl
@@ -122,3 +123,26 @@ def test_vhost_port_refuses_a_bad_socket_path(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.uml
+def test_live_chain_on_vhost_ports_insert_and_steer() -> None:
+    g = nx.Graph(ports="vhost")
+    g.add_node("client", kind="host")
+    g.add_node("fw", kind="firewall", allow=["tcp/80", "tcp/5201", "icmp"])
+    g.add_node("server", kind="host", serve=["http", "iperf3"])
+    g.add_edges_from([("client", "fw"), ("fw", "server")])
+    with sl.Lab(g, progress=False) as lab:
+        assert all(lab[n].vhost_ports() for n in ("client", "fw", "server"))
+        assert "hello from server" in lab.exec("client", "wget -qO- -T 5 http://server/").stdout
+        mon = lab.insert(("fw", "server"), "mon", kind="filter")
+        assert mon.vhost_ports(), "the inserted NF boots with the lab's kind of port"
+        assert _iperf(lab, "client", "server", 1) > 1e7     # TSO frames through fw and mon
+        assert lab["client"].vhost(0).stats.tx_gso > 10
+        lab.add("ids", kind="filter")
+        rule = lab.steer(("client", "fw"), "tcp port 80", via=["ids"])
+        assert "hello from server" in lab.exec("client", "wget -qO- -T 5 http://server/").stdout
+        assert lab.live.steering.stats(rule)["bytes"] > 0
+        assert _iperf(lab, "client", "server", 1) > 1e7     # other flows keep the default path
+        lab.remove("mon")
+        assert lab.exec("client", "ping -c 1 -W 3 server").returncode == 0
