@@ -192,9 +192,11 @@ def test_sigkill_of_stdpkt_run_at_random_moments(stdpkt_bin: str, base: Path, tm
 # ---------------------------------------------------------------- a Python process holding a Lab
 
 LAB_CHILD = textwrap.dedent("""\
-    import sys
+    import faulthandler, signal, sys
     import networkx as nx
     import stdpkt_lab as sl
+
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # the test asks when we hang
 
     g = nx.Graph()
     g.add_node("client", kind="host")
@@ -224,7 +226,13 @@ def test_python_process_holding_a_lab_killed(base: Path, tmp_path: Path, sig: in
         else:
             assert _wait_for(out, "TRAFFIC", 120, proc), out.read_text()
         proc.send_signal(sig)
-        proc.wait(60)  # SIGINT: KeyboardInterrupt, the with-block stops the lab
+        try:
+            proc.wait(60)  # SIGINT: KeyboardInterrupt, the with-block stops the lab
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR2)  # every thread's stack into `out`
+            time.sleep(1)
+            raise AssertionError(f"still running 60 s after {signal.Signals(sig).name} during "
+                                 f"{phase}:\n{out.read_text(errors='replace')[-6000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
