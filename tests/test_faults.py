@@ -197,6 +197,9 @@ LAB_CHILD = textwrap.dedent("""\
     import stdpkt_lab as sl
 
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # the test asks when we hang
+    # what a notebook or a terminal has; started from a shell's `&` (no job control), Python
+    # inherits SIGINT ignored and would never see the KeyboardInterrupt this test sends
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     g = nx.Graph()
     g.add_node("client", kind="host")
