@@ -146,3 +146,32 @@ def test_live_chain_on_vhost_ports_insert_and_steer() -> None:
         assert _iperf(lab, "client", "server", 1) > 1e7     # other flows keep the default path
         lab.remove("mon")
         assert lab.exec("client", "ping -c 1 -W 3 server").returncode == 0
+
+
+@pytest.mark.uml
+def test_paper_pipeline_on_vhost_ports_carries_super_frames_tcpdump_reads(stdpkt_bin: str,
+                                                                         tmp_path: Path) -> None:
+    from scapy.all import TCP, rdpcap
+
+    from .pipeline import Pipeline, Stage
+    from .test_stdpkt_run import PAPER, paper_stages
+
+    stages = paper_stages(stdpkt_bin, client=PAPER / "client.sh", nat=PAPER / "nat-config.sh",
+                          firewall=PAPER / "firewall-config.sh", server=PAPER / "server.sh")
+    for stage in stages:
+        stage.env["STDPKT_PORTS"] = "vhost"
+    stages.insert(2, Stage("tee", ["tee", str(tmp_path / "forward.pcap")]))  # nat | tee | firewall
+    with Pipeline(stages, tmp_path) as pipe:
+        codes = pipe.wait(240)
+        log = pipe.all_stderr()
+    assert codes[0] == 0, log                       # ping, HTTP through NAT, iperf3, 8080 blocked
+    client = pipe.stderr("client")
+    assert "coming from 192.168.0.1" in client and "port 8080 blocked" in client, client
+    out = subprocess.run(["tcpdump", "-nn", "-r", str(tmp_path / "forward.pcap"), "tcp port 5201"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lengths = [int(line.rsplit("length ", 1)[1].split()[0]) for line in out.stdout.splitlines()
+               if "length " in line]
+    assert lengths and max(lengths) > 1500, "no TCP super-frame on the pipe"
+    big = [p for p in rdpcap(str(tmp_path / "forward.pcap")) if TCP in p and len(p) > 1514]
+    assert big and big[0][TCP].dport == 5201      # scapy reads them too
