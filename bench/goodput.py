@@ -203,25 +203,23 @@ def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: flo
                                ports=(PortSpec(0, ipaddress.IPv4Interface(TX_ADDR), mtu, vhost=vhost),)),
                   on_console=collector.feed)
     link: Link | None = None
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})  # the relay and the vhost ports read their tuning at start
     try:
         rx.start()
         tx.start()
         link = Link(tx, 0, rx, 0, trace_slots=256)
-        saved = {k: os.environ.get(k) for k in env or {}}
-        os.environ.update(env or {})  # the relay reads its tuning at start
-        try:
-            link.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        link.start()
         rx.wait_ready()
         tx.wait_ready()
         if tx.wait(timeout) is None:
             raise TimeoutError(f"relay sweep at MTU {mtu} did not finish in {timeout:.0f} s")
     finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if link is not None:
             link.stop()
         tx.stop()
@@ -334,6 +332,10 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     "pipe+vhost": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost"}),
     "lab+vhost": functools.partial(run_relay, vhost=True),
     "direct+vhost": functools.partial(run_direct, vhost=True),
+    # the vhost port interrupts the guest every N received frames (default 32)
+    "lab+vhost+sig4": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "4"}),
+    "lab+vhost+sig128": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "128"}),
+    "pipe+vhost+sig4": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_VHOST_RX_SIGNAL": "4"}),
     # each `stdpkt run` (its kernel, guest processes and relays) on a core of its own
     "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
                                   rx_prefix=(str(_taskset), "-c", "1")),

@@ -86,6 +86,7 @@ struct relay_vhost {
     uint32_t mtu;
     uint8_t mac[6];
     int offload;
+    uint32_t rx_signal;           /* frames received between interrupts (STDPKT_VHOST_RX_SIGNAL) */
     int finish;                   /* atomic: complete frames in software on transmit */
     vu_mem mem;
     vu_queue q[2];                /* 0 receive, 1 transmit */
@@ -725,7 +726,7 @@ static void do_rx(relay_vhost *v)
             q->last_avail = (uint16_t)(q->last_avail + used);
             add(&v->st.rx_frames, 1);
             add(&v->st.rx_bytes, (uint64_t)k);
-            if (++frames % 32 == 0)
+            if (++frames % v->rx_signal == 0)
                 vq_signal(q);
         }
     next:;
@@ -845,6 +846,8 @@ relay_vhost *relay_vhost_new(const char *path, int data_fd, uint32_t mtu, const 
     if (mac)
         memcpy(v->mac, mac, 6);
     v->offload = !!offload;
+    const char *sig = getenv("STDPKT_VHOST_RX_SIGNAL");
+    v->rx_signal = sig && atoi(sig) > 0 && atoi(sig) <= 256 ? (uint32_t)atoi(sig) : 32;
     v->offered = BIT(F_MTU) | BIT(F_MAC) | BIT(F_MRG_RXBUF) | BIT(F_INDIRECT) |
                  BIT(F_PROTOCOL) | BIT(F_VERSION_1);
     if (offload)
