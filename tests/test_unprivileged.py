@@ -50,20 +50,22 @@ def user_install():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_user_runs_a_two_instance_pipeline(user_install) -> None:
+@pytest.mark.parametrize("ports", ["vector", "vhost"])
+def test_user_runs_a_two_instance_pipeline(user_install, ports: str) -> None:
     as_user, venv, home = user_install
-    work = home / "work"
+    work = home / f"work-{ports}"
     work.mkdir()
     shutil.chown(work, USER, USER)
     (work / "client.sh").write_text(
         "until ping -c1 -W1 10.0.0.1 >/dev/null 2>&1; do :; done\n"
         "until wget -qO- -T 2 http://10.0.0.1/ 2>/dev/null; do sleep 0.3; done\n"
-        "id -u; echo x > /etc/host-write-test 2>/dev/null || echo ROOT-FS-READ-ONLY\n")
+        "id -u; echo x > /etc/host-write-test 2>/dev/null || echo ROOT-FS-READ-ONLY\n"
+        "echo DEVICE $(readlink /sys/class/net/eth0)\n")
     (work / "server.sh").write_text(
         "mkdir -p /tmp/www; echo hello-unprivileged > /tmp/www/index.html\n"
         "busybox httpd -p 80 -h /tmp/www\n")
     stdpkt = str(venv / "bin" / "stdpkt")
-    env = [f"STDPKT_RUNDIR={SESSION_RUNDIR}"]
+    env = [f"STDPKT_RUNDIR={SESSION_RUNDIR}", f"STDPKT_PORTS={ports}"]
     client = subprocess.Popen(
         [*as_user, *env, "IF0=p1|/dev/stdout", "IP0=10.0.0.2", stdpkt, "run", "--oneshot",
          "client.sh"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -79,3 +81,4 @@ def test_user_runs_a_two_instance_pipeline(user_install) -> None:
     assert "\n0\n" in text  # root inside its own kernel ...
     assert "ROOT-FS-READ-ONLY" in text  # ... yet the host's filesystem stays read-only
     assert not Path("/etc/host-write-test").exists()
+    assert ("virtio-uml.0" in text) == (ports == "vhost"), text  # the port kind asked for
