@@ -297,10 +297,12 @@ def test_dashboard_shows_a_cross_worker_link_and_acts_on_the_chain(cluster: Any)
             assert "Lab: 3 nodes, running" in lab._repr_html_()
             cross = dash.links.index(("client", "fw"))  # a TCP stream link between the workers
             points = dash.rates.points
-            lab.exec("client", "ping -c 15 -i 0.1 server", timeout=30)
-            wait_for(lambda: max(dash.rates.source.data[f"bps{cross}"][-10:]) > 0,
+            # traffic for 8 s in the background, so it still flows while the plot catches up
+            # (a 1.5 s ping before waiting could scroll out of the last points on a busy host)
+            lab.exec("client", "ping -c 80 -i 0.1 server >/dev/null 2>&1 &", timeout=30)
+            wait_for(lambda: max(dash.rates.source.data[f"bps{cross}"]) > 0,
                      "bits/s on the cross-worker link")
-            wait_for(lambda: max(dash.rates.source.data[f"pps{cross}"][-10:]) > 0,
+            wait_for(lambda: max(dash.rates.source.data[f"pps{cross}"]) > 0,
                      "packets/s on the cross-worker link")
             wait_for(lambda: dash.rates.points > points + 8, "several updates", 10)
             wait_for(lambda: "3/3 NFs running" in dash.status.value, "the status line")
