@@ -9,7 +9,8 @@
  * SOCK_SEQPACKET socket, so that the port's host end is the same kind of socket
  * a vector port has and every relay, link, trace and re-wiring works unchanged:
  *
- *   vhost.c      the protocol (messages, memory table, rings set-up) and the thread
+ *   vhost.c      the protocol (messages, memory table, rings set-up), the thread, the API
+ *   vhost_io.c   the data path: transmit queue -> socket, socket -> receive queue
  *   vring.c      split virtqueues: guest addresses, descriptor chains, used ring,
  *                notifications; every guest-written value is checked
  *   offload.c    virtio-net headers: reading them (transmit) and making them for
@@ -91,6 +92,62 @@ typedef struct vu_chain {
     struct iovec iov[VU_CHAIN_IOV];
 } vu_chain;
 
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+/* ------------------------------------------------------------ the port (vhost.c, vhost_io.c) */
+
+/* features */
+#define F_CSUM 0
+#define F_GUEST_CSUM 1
+#define F_MTU 3
+#define F_MAC 5
+#define F_GUEST_TSO4 7
+#define F_GUEST_TSO6 8
+#define F_GUEST_ECN 9
+#define F_HOST_TSO4 11
+#define F_HOST_TSO6 12
+#define F_MRG_RXBUF 15
+#define F_INDIRECT 28
+#define F_PROTOCOL 30
+#define F_VERSION_1 32
+#define PF_REPLY_ACK 3
+#define PF_SLAVE_REQ 5                /* UML 6.1 takes its device's interrupt number from it */
+#define PF_CONFIG 9
+#define PF_OFFERED (BIT(PF_REPLY_ACK) | BIT(PF_SLAVE_REQ) | BIT(PF_CONFIG))
+#define BIT(n) (1ull << (n))
+
+#define TX_BATCH 64
+#define RX_IOV 256
+#define FRAME_ROOM (VU_NET_HDR + RELAY_FRAME_MAX)
+
+struct relay_vhost {
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    int lfd, cfd, data, stopfd, slave, wakefd;
+    int detach;                   /* atomic: close the slave channel (the guest removes the device) */
+    pthread_t thread;
+    int started;
+    uint64_t offered, acked, proto;
+    uint32_t mtu;
+    uint8_t mac[6];
+    int offload;
+    uint32_t rx_signal;           /* frames received between interrupts (STDPKT_VHOST_RX_SIGNAL) */
+    int finish;                   /* atomic: complete frames in software on transmit */
+    vu_mem mem;
+    vu_queue q[2];                /* 0 receive, 1 transmit */
+    int tx_blocked, rx_starved, data_eof, guest_gone;
+    relay_vhost_stats st;
+    pthread_mutex_t err_lock;
+    char err[320];
+    uint8_t *bounce, *scratch;    /* finishing: a linear copy of a frame, and a segment */
+    vu_chain tx[TX_BATCH];        /* one transmit batch */
+    struct mmsghdr mm[TX_BATCH];
+    struct iovec rx_iov[RX_IOV];  /* the receive buffers one frame may fill */
+    uint16_t rx_head[RX_IOV];
+    uint32_t rx_room[RX_IOV];
+};
+
 #pragma GCC visibility push(hidden)
 /* vring.c */
 void *vu_gpa(const vu_mem *m, uint64_t addr, uint64_t len);
@@ -118,6 +175,15 @@ int ol_finish_csum(uint8_t *frame, size_t len, const vnet_hdr *h);
  * each with its checksums complete; calls emit for each.  0 or -EINVAL. */
 int ol_segment(const uint8_t *frame, size_t len, const vnet_hdr *h, uint8_t *scratch,
                int (*emit)(void *ctx, const uint8_t *f, size_t n), void *ctx);
+/* vhost.c */
+void vh_err(relay_vhost *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static inline void vh_add(uint64_t *p, uint64_t n)
+{
+    __atomic_store_n(p, *p + n, __ATOMIC_RELAXED);   /* one writer: the port's thread */
+}
+/* vhost_io.c: the data path, run by the port's thread */
+void vh_do_tx(relay_vhost *v);
+void vh_do_rx(relay_vhost *v);
 #pragma GCC visibility pop
 
 #endif /* STDPKT_VHOST_H */
