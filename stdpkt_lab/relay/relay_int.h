@@ -11,7 +11,7 @@
  *   steer.c    retargeting and steering (outputs, rules, classification)
  *   flow.c     the flow table behind steering (flow.h)
  *   bench.c    benchmark helpers
- *   vhost.c, vhost_io.c, vring.c, offload.c   the vhost-user port back end (vhost.h)
+ *   vhost.c, vhost_proto.c, vhost_io.c, vring.c, offload.c   the vhost-user port back end (vhost.h)
  * Internal functions shared between files carry an rl_ prefix and hidden visibility;
  * none of the files has a main(), so all of them link together.
  */

@@ -9,7 +9,8 @@
  * SOCK_SEQPACKET socket, so that the port's host end is the same kind of socket
  * a vector port has and every relay, link, trace and re-wiring works unchanged:
  *
- *   vhost.c      the protocol (messages, memory table, rings set-up), the thread, the API
+ *   vhost.c      the port's thread, its life cycle and the API
+ *   vhost_proto.c  the protocol (messages, memory table, rings set-up, features)
  *   vhost_io.c   the data path: transmit queue -> socket, socket -> receive queue
  *   vring.c      split virtqueues: guest addresses, descriptor chains, used ring,
  *                notifications; every guest-written value is checked
@@ -177,6 +178,11 @@ int ol_segment(const uint8_t *frame, size_t len, const vnet_hdr *h, uint8_t *scr
                int (*emit)(void *ctx, const uint8_t *f, size_t n), void *ctx);
 /* vhost.c */
 void vh_err(relay_vhost *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void vh_unmap_all(relay_vhost *v);
+void vh_close_queue(vu_queue *q);
+int vh_ready(relay_vhost *v);                   /* both queues mapped, kicked and enabled */
+/* vhost_proto.c: one message of the front end; -1 when the connection is gone or broken */
+int vh_handle(relay_vhost *v);
 static inline void vh_add(uint64_t *p, uint64_t n)
 {
     __atomic_store_n(p, *p + n, __ATOMIC_RELAXED);   /* one writer: the port's thread */
