@@ -77,9 +77,8 @@ int vh_ready(relay_vhost *v)
     return 1;
 }
 
-/* The guest went away (or broke the protocol): its port's socket ends, as a
- * vector port's does when its kernel exits. */
-static void guest_gone(relay_vhost *v, const char *why)
+/* Everything a connected guest gave us: its connection, slave channel, memory, queues. */
+static void release_guest(relay_vhost *v)
 {
     if (v->cfd >= 0)
         close(v->cfd);
@@ -90,6 +89,13 @@ static void guest_gone(relay_vhost *v, const char *why)
     vh_unmap_all(v);
     vh_close_queue(&v->q[0]);
     vh_close_queue(&v->q[1]);
+}
+
+/* The guest went away (or broke the protocol): its port's socket ends, as a
+ * vector port's does when its kernel exits. */
+static void guest_gone(relay_vhost *v, const char *why)
+{
+    release_guest(v);
     if (why)
         vh_err(v, "%s", why);
     if (!v->guest_gone && v->data >= 0)
@@ -288,15 +294,7 @@ void relay_vhost_free(relay_vhost *v)
         (void)w;
         pthread_join(v->thread, NULL);
     }
-    if (v->cfd >= 0)
-        close(v->cfd);
-    v->cfd = -1;
-    if (v->slave >= 0)
-        close(v->slave);
-    v->slave = -1;
-    vh_unmap_all(v);
-    vh_close_queue(&v->q[0]);
-    vh_close_queue(&v->q[1]);
+    release_guest(v);
     if (v->lfd >= 0) {
         close(v->lfd);
         unlink(v->path);
@@ -307,8 +305,6 @@ void relay_vhost_free(relay_vhost *v)
         close(v->stopfd);
     if (v->wakefd >= 0)
         close(v->wakefd);
-    if (v->slave >= 0)
-        close(v->slave);
     free(v->bounce);
     free(v->scratch);
     pthread_mutex_destroy(&v->err_lock);
