@@ -449,13 +449,37 @@ class DistributedLab(StateTables, LinkConditions, ClusterLiveOps, Wiring):
                 "conntrack_entries": int(count) if count and count.strip().isdigit() else None,
                 "worker": self.worker_of(node)}
 
-    def drain_events(self) -> list[tuple[float, str]]:
-        """Link ends, refused connections and lease expiries the workers saw since the last call."""
-        for actor in self._actors.values():
+    def drain_events(self, timeout: float = 30.0) -> list[tuple[float, str]]:
+        """Link ends, refused connections and lease expiries the workers saw since the last call.
+
+        All live workers are asked at once: one that is lost or silent cannot hold back the rest.
+        """
+        pending: dict[str, Any] = {}
+        for address, actor in self._actors.items():
+            if address in self._unreachable:
+                continue  # the heartbeat already recorded why
             try:
-                self.events += actor.drain_events().result(timeout=30)
+                pending[address] = actor.drain_events()
             except Exception as exc:  # noqa: BLE001 - a lost worker is itself an event
-                self.events.append((time.time(), f"worker unreachable: {exc}"))
+                self.events.append((time.time(), f"worker {address} unreachable: {exc}"))
+        deadline = time.monotonic() + timeout
+        while pending:
+            for address, future in list(pending.items()):
+                if future.done():
+                    del pending[address]
+                    try:
+                        self.events += future.result(timeout=1)
+                    except Exception as exc:  # noqa: BLE001
+                        self.events.append((time.time(), f"worker {address} unreachable: {exc}"))
+                elif address in self._unreachable:
+                    del pending[address]  # lost while we waited: the heartbeat said so
+            if pending and time.monotonic() >= deadline:
+                for address in pending:
+                    self.events.append((time.time(), f"worker {address} unreachable: no answer "
+                                                     f"to drain_events in {timeout:g} s"))
+                break
+            if pending:
+                time.sleep(0.05)
         return list(self.events)
 
     def __repr__(self) -> str:
