@@ -81,7 +81,7 @@ class VhostPort:
 
     def __init__(self, path: Path, data: socket.socket | int, *, mtu: int, mac: str,
                  offload: bool = True) -> None:
-        from ..relay._relay import ffi, lib  # type: ignore[import-not-found]
+        from ..relay._relay import ffi, lib
 
         self._ffi, self._lib = ffi, lib
         self.path = Path(path)
