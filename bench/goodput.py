@@ -45,6 +45,7 @@ write size measured when 65500 / 65536 are not).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import ipaddress
 import json
@@ -60,7 +61,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 try:
@@ -158,10 +159,31 @@ def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
+@contextlib.contextmanager
+def _environ(env: dict[str, str] | None) -> Iterator[None]:
+    """``env`` in os.environ for the block: instances, relays and ports read it at start."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
-               vhost: bool = False) -> None:
+               vhost: bool = False, env: dict[str, str] | None = None) -> None:
     """The same two instances joined by one SOCK_SEQPACKET socketpair: no relay at all.
     ``vhost``: virtio-net ports whose two back ends share the socketpair."""
+    with _environ(env):
+        _run_direct(work, mtu, mem, collector, timeout, vhost=vhost)
+
+
+def _run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
+                vhost: bool) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for end in (a, b):  # the buffers the engine gives its own port sockets
         grow_socket_buffers(end)
@@ -194,17 +216,20 @@ def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: flo
               env: dict[str, str] | None = None, vhost: bool = False) -> None:
     """Diagnostic: the two instances joined by one in-process C relay (a Link: one pump per
     direction, no pipe), to split the pipe path's cost between relaying and the pipe hop."""
-    from stdpkt_lab.engine.links import Link
-
     tag = f"{os.getpid()}-{mtu}"
     rx = Instance(InstanceSpec(f"gr-rx-{tag}", mem_mb=mem, script=work / "rx.sh",
                                ports=(PortSpec(0, ipaddress.IPv4Interface(RX_ADDR), mtu, vhost=vhost),)))
     tx = Instance(InstanceSpec(f"gr-tx-{tag}", mem_mb=mem, script=work / "tx.sh", oneshot=True,
                                ports=(PortSpec(0, ipaddress.IPv4Interface(TX_ADDR), mtu, vhost=vhost),)),
                   on_console=collector.feed)
+    with _environ(env):  # the relay and the vhost ports read their tuning at start
+        _run_link(rx, tx, mtu, timeout)
+
+
+def _run_link(rx: Instance, tx: Instance, mtu: int, timeout: float) -> None:
+    from stdpkt_lab.engine.links import Link
+
     link: Link | None = None
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})  # the relay and the vhost ports read their tuning at start
     try:
         rx.start()
         tx.start()
@@ -215,11 +240,6 @@ def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: flo
         if tx.wait(timeout) is None:
             raise TimeoutError(f"relay sweep at MTU {mtu} did not finish in {timeout:.0f} s")
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         if link is not None:
             link.stop()
         tx.stop()
@@ -336,6 +356,15 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     "lab+vhost+sig4": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "4"}),
     "lab+vhost+sig128": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "128"}),
     "pipe+vhost+sig4": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_VHOST_RX_SIGNAL": "4"}),
+    # the kernel's own TCP buffer maxima, scaled to the guest's memory (0.9 MB at 128 MB)
+    # instead of a 1 GiB host's (STDPKT_TCP_BUFFERS; the default since this was measured)
+    **{f"{p}+kbuf": functools.partial(run, env={"STDPKT_TCP_BUFFERS": "kernel"})
+       for p, run in (("pipe", run_pipe), ("lab", run_relay), ("direct", run_direct))},
+    **{f"{p}+vhost+kbuf": functools.partial(run, env={"STDPKT_TCP_BUFFERS": "kernel",
+                                                        "STDPKT_PORTS": "vhost"})
+       for p, run in (("pipe", run_pipe),)},
+    "lab+vhost+kbuf": functools.partial(run_relay, vhost=True, env={"STDPKT_TCP_BUFFERS": "kernel"}),
+    "direct+vhost+kbuf": functools.partial(run_direct, vhost=True, env={"STDPKT_TCP_BUFFERS": "kernel"}),
     # each `stdpkt run` (its kernel, guest processes and relays) on a core of its own
     "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
                                   rx_prefix=(str(_taskset), "-c", "1")),

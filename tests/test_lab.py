@@ -11,7 +11,7 @@ import networkx as nx
 import pytest
 
 import stdpkt_lab as sl
-from stdpkt_lab.errors import BootError, ChainError, StateError
+from stdpkt_lab.errors import BootError, ChainError, StateError, VariableError
 
 from .conftest import uml_pids
 
@@ -143,3 +143,25 @@ def test_exec_timeout_and_stopped_lab_refuses_exec() -> None:
         assert lab.exec("a", "echo still here").stdout == "still here\n"
     with pytest.raises(StateError):
         lab.exec("a", "true")
+
+
+@pytest.mark.uml
+def test_guests_get_a_hosts_tcp_buffers_unless_told_to_keep_the_kernels(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    g = nx.Graph()
+    g.add_node("a", kind="host")
+    g.add_node("b", kind="host")
+    g.add_edge("a", "b")
+    maxima = {}
+    for value in ("host", "kernel"):
+        monkeypatch.setenv("STDPKT_TCP_BUFFERS", value)
+        with sl.Lab(g, progress=False) as lab:
+            rmem = lab.exec("a", "cat /proc/sys/net/ipv4/tcp_rmem").check().stdout.split()
+            wmem = lab.exec("b", "cat /proc/sys/net/ipv4/tcp_wmem").check().stdout.split()
+            maxima[value] = (int(rmem[2]), int(wmem[2]))
+    assert maxima["host"] == (6291456, 4194304)
+    # the kernel scales them to the guest's 128 MB: a window well under a megabyte
+    assert maxima["kernel"][0] < 2 << 20 and maxima["kernel"][1] < 2 << 20, maxima
+    monkeypatch.setenv("STDPKT_TCP_BUFFERS", "huge")
+    with pytest.raises(VariableError, match=r"STDPKT_TCP_BUFFERS: unknown value 'huge'.*host, kernel"):
+        sl.Lab(g, progress=False).start()

@@ -49,7 +49,7 @@ from .ipv6 import ipv6_setup
 from .mconsole import MConsole
 from .ownership import add_owner, create_owned_subdir, kill_marked, remove_run_dir
 from .paths import helper, kernel_binary, lkl_dir, make_run_root
-from .spec import InstanceSpec
+from .spec import InstanceSpec, tcp_buffers
 from .vhost import VhostPort, random_mac
 
 if TYPE_CHECKING:
@@ -516,6 +516,7 @@ class Instance:
             # whose kernel end errors out for good if written before the host side is up
             "STDPKT_ANNOUNCE": " ".join(str(p.index) for p in spec.ports if p.tap is None),
             "STDPKT_VHOST": " ".join(str(p.index) for p in spec.ports if p.vhost),
+            "STDPKT_TCP_BUFFERS": tcp_buffers(),
         }
         for port in spec.ports:
             if port.address is not None:

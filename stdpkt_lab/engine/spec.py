@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import VariableError
+
 __all__ = ["PortSpec", "InstanceSpec", "MAX_PORTS", "MAX_MTU"]
 
 MAX_PORTS = 8
@@ -25,6 +27,21 @@ PORT_KINDS: dict[str, tuple[bool, bool]] = {
     "vector": (False, True), "vhost": (True, True), "vhost-plain": (True, False)}
 #: The default kind of every port, for ``stdpkt run`` and a Lab alike.
 PORTS_VARIABLE = "STDPKT_PORTS"
+
+
+#: TCP buffer maxima in the guest: ``host`` (default) gives every guest what Linux gives a
+#: host with 1 GiB or more (tcp_rmem 6 MiB, tcp_wmem 4 MiB); ``kernel`` keeps what the
+#: kernel scales to the guest's memory (0.9 MB at 128 MB, which caps a flow's window).
+TCP_BUFFERS_VARIABLE = "STDPKT_TCP_BUFFERS"
+TCP_BUFFERS = ("host", "kernel")
+
+
+def tcp_buffers() -> str:
+    """``$STDPKT_TCP_BUFFERS``, checked: ``host`` or ``kernel`` (VariableError otherwise)."""
+    value = os.environ.get(TCP_BUFFERS_VARIABLE) or "host"
+    if value not in TCP_BUFFERS:
+        raise VariableError(TCP_BUFFERS_VARIABLE, f"unknown value {value!r} (one of {', '.join(TCP_BUFFERS)})")
+    return value
 
 
 def port_kind(value: object | None, where: str = PORTS_VARIABLE) -> tuple[bool, bool]:

@@ -79,6 +79,7 @@ int relay_run_group(relay **rs, uint32_t n)
     int res = 0;
     if (rs == NULL || n == 0 || n > RELAY_GROUP_MAX)
         return -1;
+    prctl(PR_SET_NAME, "stdpkt-pumps");
     for (uint32_t i = 0; i < n; i++)
         if (rs[i] == NULL || !rs[i]->opened || __atomic_load_n(&rs[i]->result, __ATOMIC_ACQUIRE))
             return -1;

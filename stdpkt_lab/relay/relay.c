@@ -368,6 +368,7 @@ int relay_run(relay *r)
         rl_set_err(r, r->ran ? "relay already ran" : "relay not opened");
         return RELAY_ERROR;
     }
+    prctl(PR_SET_NAME, "stdpkt-pump");   /* how top -H and ps -L name this thread */
     rl_block_sigpipe(&old);
     res = rl_begin(r);
     while (res == 0) {

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -117,6 +118,7 @@ static void drain(int fd)
 static void *loop(void *arg)
 {
     relay_vhost *v = arg;
+    prctl(PR_SET_NAME, "stdpkt-vhost");
     for (;;) {
         struct pollfd p[7];
         int n = 0, i_l = -1, i_c = -1, i_tx = -1, i_rx = -1, i_d = -1;
