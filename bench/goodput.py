@@ -83,6 +83,7 @@ from goodput_guest import (  # noqa: E402
     receiver_script,
     sender_script,
 )
+from threads import ThreadSampler  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -387,6 +388,8 @@ def main() -> int:
     ap.add_argument("--mem", type=int, default=InstanceSpec.__dataclass_fields__["mem_mb"].default,
                     help="guest memory in MB (default: the engine's)")
     ap.add_argument("--out", default="goodput", help="results file stem under bench/results/")
+    ap.add_argument("--threads", action="store_true",
+                    help="record the cores each thread name used per session (bench/threads.py)")
     args = ap.parse_args()
 
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
@@ -462,12 +465,17 @@ def main() -> int:
                                 result["errors"].append(f"MTU {mtu} {path} blast: {r.get('error')}")
 
                         collector = Collector(got, blasted)
+                        sampler = ThreadSampler() if args.threads else None
                         try:
                             runners[path](work, mtu, args.mem, collector, timeout)
                         except Exception as exc:  # one failed session must not lose the others
                             result["errors"].append(f"MTU {mtu} {path} rep {rep}: {exc!r}")
                             tqdm.write(f"goodput: MTU {mtu} {path}: {exc!r}; console tail:\n"
                                        + "\n".join(collector.lines[-10:]), file=sys.stderr)
+                        finally:
+                            if sampler is not None:
+                                details.append({"mtu": mtu, "path": path, "rep": rep,
+                                                "cores_by_thread": sampler.stop()})
                         if collector.failure:
                             result["errors"].append(f"MTU {mtu} {path}: {collector.failure}")
     finally:

@@ -547,9 +547,15 @@ static void identity(void)
      * guest's memory: 0.9 MB at 128 MB, which caps a flow's window and, through a chain's
      * longer round trip, its goodput; README, "The data path").  tcp_mem still bounds
      * the guest's total. */
-    if (strcmp(env_or("STDPKT_TCP_BUFFERS", "host"), "kernel") != 0) {
-        write_proc("/proc/sys/net/ipv4/tcp_rmem", "4096 131072 6291456\n");
-        write_proc("/proc/sys/net/ipv4/tcp_wmem", "4096 16384 4194304\n");
+    const char *tcp = env_or("STDPKT_TCP_BUFFERS", "host");
+    unsigned long rmem = 6291456, wmem = 4194304;   /* the host checked RMEM,WMEM */
+    if (strcmp(tcp, "host") != 0 && sscanf(tcp, "%lu,%lu", &rmem, &wmem) != 2)
+        rmem = wmem = 0;                             /* "kernel": leave them */
+    if (rmem && wmem) {
+        snprintf(path, sizeof path, "4096 131072 %lu\n", rmem);
+        write_proc("/proc/sys/net/ipv4/tcp_rmem", path);
+        snprintf(path, sizeof path, "4096 16384 %lu\n", wmem);
+        write_proc("/proc/sys/net/ipv4/tcp_wmem", path);
     }
 }
 

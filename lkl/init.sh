@@ -75,10 +75,13 @@ fi
 echo 0 > /proc/sys/kernel/ctrl-alt-del
 echo 1 > /proc/sys/net/ipv4/ip_forward
 # TCP's buffer maxima of a host with 1 GiB or more (init.c says why)
-if [ "${STDPKT_TCP_BUFFERS:-host}" != kernel ]; then
-    echo "4096 131072 6291456" > /proc/sys/net/ipv4/tcp_rmem
-    echo "4096 16384 4194304" > /proc/sys/net/ipv4/tcp_wmem
-fi
+case "${STDPKT_TCP_BUFFERS:-host}" in
+    kernel) ;;
+    host) echo "4096 131072 6291456" > /proc/sys/net/ipv4/tcp_rmem
+          echo "4096 16384 4194304" > /proc/sys/net/ipv4/tcp_wmem ;;
+    *,*) echo "4096 131072 ${STDPKT_TCP_BUFFERS%,*}" > /proc/sys/net/ipv4/tcp_rmem
+         echo "4096 16384 ${STDPKT_TCP_BUFFERS#*,}" > /proc/sys/net/ipv4/tcp_wmem ;;
+esac
 # A gratuitous ARP as each socket port comes up (STDPKT_ANNOUNCE: not taps, which
 # fail for good if written before the host brings them up): neighbours learn us,
 # and the host sees the instance's first packet (bench/boot.py times it).

@@ -59,7 +59,8 @@ Variables (as in the stdpkt paper), n = 0..7:
                   frames (checksums done, super-frames cut) to any peer.
   STDPKT_TCP_BUFFERS  host (default: TCP buffer maxima of a 1 GiB host, 6 MiB
                   receive, 4 MiB send) or kernel (what the kernel gives the guest's
-                  memory: 0.9 MB at 128 MB, which caps a flow's window).
+                  memory: 0.9 MB at 128 MB, which caps a flow's window), or
+                  RMEM,WMEM in bytes.
 
 SCRIPT runs as root inside the instance (its own kernel: iptables, ip, sysctl,
 conntrack, ipvsadm work; modules load on demand; `iptables` is the legacy

@@ -153,15 +153,17 @@ def test_guests_get_a_hosts_tcp_buffers_unless_told_to_keep_the_kernels(
     g.add_node("b", kind="host")
     g.add_edge("a", "b")
     maxima = {}
-    for value in ("host", "kernel"):
+    for value in ("host", "kernel", "2097152,1048576"):
         monkeypatch.setenv("STDPKT_TCP_BUFFERS", value)
         with sl.Lab(g, progress=False) as lab:
             rmem = lab.exec("a", "cat /proc/sys/net/ipv4/tcp_rmem").check().stdout.split()
             wmem = lab.exec("b", "cat /proc/sys/net/ipv4/tcp_wmem").check().stdout.split()
             maxima[value] = (int(rmem[2]), int(wmem[2]))
     assert maxima["host"] == (6291456, 4194304)
+    assert maxima["2097152,1048576"] == (2097152, 1048576)
     # the kernel scales them to the guest's 128 MB: a window well under a megabyte
     assert maxima["kernel"][0] < 2 << 20 and maxima["kernel"][1] < 2 << 20, maxima
-    monkeypatch.setenv("STDPKT_TCP_BUFFERS", "huge")
-    with pytest.raises(VariableError, match=r"STDPKT_TCP_BUFFERS: unknown value 'huge'.*host, kernel"):
-        sl.Lab(g, progress=False).start()
+    for bad in ("huge", "1,2", "2097152"):
+        monkeypatch.setenv("STDPKT_TCP_BUFFERS", bad)
+        with pytest.raises(VariableError, match=rf"STDPKT_TCP_BUFFERS: unknown value '{bad}'.*host, kernel"):
+            sl.Lab(g, progress=False).start()

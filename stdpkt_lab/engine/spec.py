@@ -31,17 +31,24 @@ PORTS_VARIABLE = "STDPKT_PORTS"
 
 #: TCP buffer maxima in the guest: ``host`` (default) gives every guest what Linux gives a
 #: host with 1 GiB or more (tcp_rmem 6 MiB, tcp_wmem 4 MiB); ``kernel`` keeps what the
-#: kernel scales to the guest's memory (0.9 MB at 128 MB, which caps a flow's window).
+#: kernel scales to the guest's memory (0.9 MB at 128 MB, which caps a flow's window);
+#: ``RMEM,WMEM`` sets the two maxima in bytes.
 TCP_BUFFERS_VARIABLE = "STDPKT_TCP_BUFFERS"
 TCP_BUFFERS = ("host", "kernel")
+_TCP_LIMITS = (65536, 1 << 28)
 
 
 def tcp_buffers() -> str:
-    """``$STDPKT_TCP_BUFFERS``, checked: ``host`` or ``kernel`` (VariableError otherwise)."""
-    value = os.environ.get(TCP_BUFFERS_VARIABLE) or "host"
-    if value not in TCP_BUFFERS:
-        raise VariableError(TCP_BUFFERS_VARIABLE, f"unknown value {value!r} (one of {', '.join(TCP_BUFFERS)})")
-    return value
+    """``$STDPKT_TCP_BUFFERS``, checked (VariableError naming it otherwise)."""
+    value = (os.environ.get(TCP_BUFFERS_VARIABLE) or "host").strip()
+    if value in TCP_BUFFERS:
+        return value
+    parts = value.split(",")
+    lo, hi = _TCP_LIMITS
+    if len(parts) == 2 and all(p.strip().isdigit() and lo <= int(p) <= hi for p in parts):
+        return ",".join(str(int(p)) for p in parts)
+    raise VariableError(TCP_BUFFERS_VARIABLE, f"unknown value {value!r} (one of {', '.join(TCP_BUFFERS)}, "
+                                              f"or RMEM,WMEM in bytes, each {lo}..{hi})")
 
 
 def port_kind(value: object | None, where: str = PORTS_VARIABLE) -> tuple[bool, bool]:
