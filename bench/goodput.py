@@ -365,6 +365,15 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
                                                         "STDPKT_PORTS": "vhost"})
        for p, run in (("pipe", run_pipe),)},
     "lab+vhost+kbuf": functools.partial(run_relay, vhost=True, env={"STDPKT_TCP_BUFFERS": "kernel"}),
+    # 16 MiB maxima: more in flight than a 1 GiB host's defaults
+    **{f"{p}+16m": functools.partial(run, env={"STDPKT_TCP_BUFFERS": "16777216,16777216"})
+       for p, run in (("pipe", run_pipe), ("lab", run_relay), ("direct", run_direct))},
+    "pipe+vhost+16m": functools.partial(run_pipe, env={"STDPKT_TCP_BUFFERS": "16777216,16777216",
+                                                       "STDPKT_PORTS": "vhost"}),
+    # 2 MiB maxima: between the kernel's 0.9 MB and a 1 GiB host's 6 / 4 MiB
+    "lab+vhost+2m": functools.partial(run_relay, vhost=True, env={"STDPKT_TCP_BUFFERS": "2097152,2097152"}),
+    "pipe+vhost+2m": functools.partial(run_pipe, env={"STDPKT_TCP_BUFFERS": "2097152,2097152",
+                                                      "STDPKT_PORTS": "vhost"}),
     "direct+vhost+kbuf": functools.partial(run_direct, vhost=True, env={"STDPKT_TCP_BUFFERS": "kernel"}),
     # each `stdpkt run` (its kernel, guest processes and relays) on a core of its own
     "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
