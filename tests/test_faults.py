@@ -379,3 +379,31 @@ def test_killed_before_its_launcher_started_is_swept_at_the_next_start(stdpkt_bi
     assert sorted(p.name for p in base.iterdir())[0].startswith("stdpkt-early-")  # dir + owner file
     next_start_sweeps(stdpkt_bin, base)
     assert not leftovers(base)
+
+
+def test_a_start_that_fails_before_the_kernel_closes_each_descriptor_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # ci16/ci17: a start refused before the kernel was spawned (here a bad variable), then
+    # stop() - what a Lab's rollback does - closed the console pipe's number a second time;
+    # by then that number was someone else's descriptor (later: a pooled agent's pipe)
+    from stdpkt_lab.engine.instance import Instance
+    from stdpkt_lab.engine.spec import InstanceSpec, PortSpec
+    from stdpkt_lab.errors import VariableError
+
+    monkeypatch.setenv("STDPKT_TCP_BUFFERS", "huge")
+    inst = Instance(InstanceSpec("dclose", ports=(PortSpec(0),)))
+    with pytest.raises(VariableError, match="STDPKT_TCP_BUFFERS"):
+        inst.start()
+    taken = [os.pipe() for _ in range(4)]  # the lowest free numbers: those the start released
+    try:
+        inst.stop()
+        for r, w in taken:
+            os.fstat(r)  # EBADF if stop() closed one of them
+            os.fstat(w)
+    finally:
+        for r, w in taken:
+            for fd in (r, w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass

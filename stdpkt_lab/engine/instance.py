@@ -604,7 +604,8 @@ class Instance:
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout)
         elif proc is None and self._fds:
-            _close_quietly(self._fds[0])
+            _close_quietly(self._fds[0])  # no kernel, so no monitor: ours to close, once
+            self._fds = []  # a FAILED instance is torn down again by stop(): never twice
         self._exited.set()
         if self._run_dir is not None and self._owns_run_dir:
             remove_run_dir(self._run_dir)
