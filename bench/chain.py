@@ -34,7 +34,6 @@ import json
 import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ from stdpkt_lab.engine.instance import Instance, grow_socket_buffers  # noqa: E4
 from stdpkt_lab.engine.spec import PORTS_VARIABLE, InstanceSpec, PortSpec  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from goodput import _environ, _stdpkt_argv, _terminate, machine  # noqa: E402
+from goodput import _environ, _stdpkt_argv, _terminate, machine, summarise  # noqa: E402
 from threads import ThreadSampler  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -350,15 +349,9 @@ def main() -> int:
                   f"{'failed' if gbps is None else f'{gbps:.2f} Gbit/s'}"
                   f" (host idle {idle[kind][path][-1]:.0%})", flush=True)
 
-    def summary(vals: list[float | None]) -> dict:
-        ok = [v for v in vals if v is not None]
-        return {"median": round(statistics.median(ok), 3) if ok else None,
-                "min": round(min(ok), 3) if ok else None, "max": round(max(ok), 3) if ok else None,
-                "values": [None if v is None else round(v, 3) for v in vals]}
-
     result = {"machine": {**info, "loadavg_end": os.getloadavg()}, "seconds": args.seconds,
               "reps": args.reps, "paths": paths, "ports": ports_kinds, "target_gbps": TARGET_GBPS,
-              "runs": {k: {p: {**summary(values[k][p]), "host_idle": idle[k][p],
+              "runs": {k: {p: {**summarise(values[k][p]), "host_idle": idle[k][p],
                                    "cores_by_thread": cores[k][p]} for p in paths}
                        for k in ports_kinds},
               "errors": errors}
