@@ -353,6 +353,10 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     "pipe+vhost": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost"}),
     "lab+vhost": functools.partial(run_relay, vhost=True),
     "direct+vhost": functools.partial(run_direct, vhost=True),
+    # the pumps read the socket the port's thread fills instead of the guest's transmit
+    # queue (STDPKT_VHOST_RING=0: how vhost ports worked before relay/vhost_ring.c)
+    "lab+vhost+sock": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RING": "0"}),
+    "pipe+vhost+sock": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_VHOST_RING": "0"}),
     # the vhost port interrupts the guest every N received frames (default 32)
     "lab+vhost+sig4": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "4"}),
     "lab+vhost+sig128": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "128"}),

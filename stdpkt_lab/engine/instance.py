@@ -430,7 +430,8 @@ class Instance:
                     try:
                         self._vhost[port.index] = VhostPort(path, guest_end, mtu=port.mtu,
                                                             mac=port.mac or random_mac(),
-                                                            offload=port.offload)
+                                                            offload=port.offload,
+                                                            host_end=host_end)
                     finally:
                         guest_end.close()
                     ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=str(path)))

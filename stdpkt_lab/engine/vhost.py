@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InstanceError
+from ..relay import rings
 
 __all__ = ["VhostPort", "VhostStats", "random_mac"]
 
@@ -69,6 +70,8 @@ class VhostStats:
     features: frozenset[str]
     connected: bool
     ready: bool
+    #: of ``tx_frames``: read from the transmit queue by a pump itself (relay/rings.py)
+    tx_relayed: int = 0
 
 
 class VhostPort:
@@ -80,7 +83,9 @@ class VhostPort:
     """
 
     def __init__(self, path: Path, data: socket.socket | int, *, mtu: int, mac: str,
-                 offload: bool = True) -> None:
+                 offload: bool = True, host_end: socket.socket | None = None) -> None:
+        """``host_end``: the other end of ``data``'s socketpair, if known: a pump reading
+        it then reads the guest's transmit queue itself (relay/rings.py)."""
         from ..relay._relay import ffi, lib
 
         self._ffi, self._lib = ffi, lib
@@ -89,6 +94,7 @@ class VhostPort:
         self.mac = mac
         self.offload = offload
         self._lock = threading.Lock()
+        self._ring_key: tuple[int, int] | None = None
         macb = bytes(int(x, 16) for x in mac.split(":"))
         fd = data if isinstance(data, int) else data.fileno()
         v = lib.relay_vhost_new(os.fsencode(str(self.path)), fd, mtu, macb, int(offload))
@@ -103,6 +109,14 @@ class VhostPort:
             raise InstanceError(f"vhost-user port at {self.path}: cannot start its thread ({os.strerror(-rc)})")
         if os.environ.get(FINISH_VARIABLE) == "1":  # e.g. `stdpkt run` feeding a vector port
             self.set_finish(True)
+        if host_end is not None:
+            self._ring_key = rings.register(host_end.fileno(), self._lend)
+
+    def _lend(self, relay: object) -> bool:
+        """Lets ``relay`` (an opened C relay reading the host end) read the transmit
+        queue; it holds a reference on the port's memory until it ends."""
+        with self._lock:
+            return self._v is not None and self._lib.relay_set_vhost_src(relay, self._v) == 0
 
     def set_finish(self, on: bool) -> None:
         """Complete checksums and cut TCP super-frames before they leave the port."""
@@ -134,7 +148,8 @@ class VhostPort:
             self._lib.relay_vhost_get_stats(self._v, s)
         names = frozenset(n for bit, n in FEATURE_NAMES.items() if s.features >> bit & 1)
         return VhostStats(s.tx_frames, s.tx_bytes, s.tx_drops, s.tx_gso, s.rx_frames, s.rx_bytes,
-                          s.rx_drops, s.rx_gso, names, bool(s.connected), bool(s.ready))
+                          s.rx_drops, s.rx_gso, names, bool(s.connected), bool(s.ready),
+                          s.tx_relayed)
 
     @property
     def last_error(self) -> str:
@@ -146,6 +161,7 @@ class VhostPort:
             return self._ffi.string(buf, n).decode(errors="replace")
 
     def close(self) -> None:
+        rings.unregister(self._ring_key)
         with self._lock:
             v, self._v = self._v, None
         if v is not None:

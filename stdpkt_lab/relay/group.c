@@ -83,6 +83,8 @@ int relay_run_group(relay **rs, uint32_t n)
     for (uint32_t i = 0; i < n; i++)
         if (rs[i] == NULL || !rs[i]->opened || __atomic_load_n(&rs[i]->result, __ATOMIC_ACQUIRE))
             return -1;
+    for (uint32_t i = 0; i < n; i++)
+        rl_vh_release(rs[i]);   /* one poll() for all: the vhost queues stay with their ports */
     rl_block_sigpipe(&old);
     for (uint32_t i = 0; i < n && !res; i++)
         if (!rs[i]->ran && (res = rl_begin(rs[i])) != 0)

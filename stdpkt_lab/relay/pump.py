@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "`python stdpkt_lab/relay/_build_relay.py`"
     ) from exc
 
+from stdpkt_lab.relay import rings  # noqa: E402
 from stdpkt_lab.relay.steer import FlowTable, SteerStats, bpf_program  # noqa: E402
 
 __all__ = ["Endpoint", "Pump", "PumpResult", "PumpStats", "TracedFrame"]
@@ -198,6 +199,8 @@ class Pump:
         pumps in one thread)."""
         with self._lock:
             self._open()
+            if self.src.kind == "socket":  # a vhost port's host end: read its queue (rings.py)
+                rings.lend(self._r, self.src.fd)
             self._thread = threading.Thread(target=self._run, name=f"pump {self.name}", daemon=True)
             self._thread.start()
         return self

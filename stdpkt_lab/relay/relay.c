@@ -93,6 +93,7 @@ void relay_free(relay *r)
 {
     if (r == NULL)
         return;
+    rl_vh_release(r);
     rl_close_fds(r);
     if (r->stopfd >= 0)
         close(r->stopfd);
@@ -215,7 +216,7 @@ fail:
 /* Waits for the source; also notices a destination whose peer went away. */
 static int wait_src(relay *r)
 {
-    struct pollfd p[4];
+    struct pollfd p[5];
     for (;;) {
         if (stopping(r))
             return RELAY_STOPPED;
@@ -227,8 +228,10 @@ static int wait_src(relay *r)
         p[2].events = 0;          /* POLLERR / POLLHUP only */
         p[3].fd = r->kickfd;
         p[3].events = POLLIN;
-        p[0].revents = p[1].revents = p[2].revents = p[3].revents = 0;
-        if (poll(p, 4, -1) < 0) {
+        p[4].fd = r->vh_own ? r->vh_kick : -1;   /* the guest's transmit queue (vhost_ring.c) */
+        p[4].events = POLLIN;
+        p[0].revents = p[1].revents = p[2].revents = p[3].revents = p[4].revents = 0;
+        if (poll(p, 5, -1) < 0) {
             if (errno == EINTR)
                 continue;
             rl_set_err(r, "poll on source: %s", strerror(errno));
@@ -238,9 +241,15 @@ static int wait_src(relay *r)
             return RELAY_STOPPED;
         if (p[3].revents) {
             uint64_t v;
-            ssize_t k = read(r->kickfd, &v, sizeof v);   /* retargeted: poll the new one */
+            ssize_t k = read(r->kickfd, &v, sizeof v);
             (void)k;
-            continue;
+            return 0;     /* retargeted (poll the new one), or a vhost queue changed hands */
+        }
+        if (p[4].revents) {
+            uint64_t v;
+            while (read(r->vh_kick, &v, sizeof v) > 0)   /* the guest's kicks */
+                ;
+            return 0;
         }
         if (p[0].revents)
             return 0;
@@ -256,13 +265,13 @@ static int wait_src(relay *r)
  * wake-up (12-16 us across cores here) when the next batch is about to arrive. */
 static int spin_src(relay *r)
 {
-    struct pollfd p = { r->src_fd, POLLIN, 0 };
+    struct pollfd p[2] = { { r->src_fd, POLLIN, 0 }, { r->vh_own ? r->vh_kick : -1, POLLIN, 0 } };
     uint64_t end = now_ns() + r->spin_ns;
     do {
         if (stopping(r))
             return 0;
-        p.revents = 0;
-        if (poll(&p, 1, 0) > 0)
+        p[0].revents = p[1].revents = 0;
+        if (poll(p, 2, 0) > 0)
             return 1;
     } while (now_ns() < end);
     return 0;
@@ -302,7 +311,9 @@ int rl_step(relay *r, int *idle)
     *idle = 0;
     if (stopping(r))
         return RELAY_STOPPED;
-    int st = r->src_kind == RELAY_KIND_PCAP ? rl_read_pcap(r, &n) : rl_read_sock(r, &n);
+    int st = r->src_kind == RELAY_KIND_PCAP ? rl_read_pcap(r, &n)
+             : r->vh != NULL                ? rl_read_vhost(r, &n)
+                                            : rl_read_sock(r, &n);
     if (n) {
         uint64_t ts = now_ns();
         rl_trace_batch(r, n, ts);
@@ -331,6 +342,7 @@ int rl_step(relay *r, int *idle)
 void rl_finish(relay *r, int res)
 {
     relay_stop(r);      /* an inject() waiting for room gives up rather than block close_fds */
+    rl_vh_release(r);
     rl_close_fds(r);
     rl_free_io(r);
     __atomic_store_n(&r->result, res, __ATOMIC_RELEASE);

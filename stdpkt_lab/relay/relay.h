@@ -205,6 +205,7 @@ typedef struct relay_vhost_stats {
     uint64_t features;       /* what the guest's driver accepted (virtio feature bits) */
     uint32_t connected;      /* the guest's kernel is connected */
     uint32_t ready;          /* both queues are running */
+    uint64_t tx_relayed;     /* of tx_frames: read from the queue by a relay itself (vhost_ring.c) */
 } relay_vhost_stats;
 
 /* Listens on path (a new unix stream socket; removed once the guest connects or at
@@ -225,6 +226,11 @@ void relay_vhost_get_stats(relay_vhost *v, relay_vhost_stats *out);
 size_t relay_vhost_last_error(relay_vhost *v, char *buf, size_t len);
 /* Stops the thread, unmaps the guest's memory, closes everything. */
 void relay_vhost_free(relay_vhost *v);
+/* r's source (an opened socket relay, not yet run) is v's host end: r reads v's
+ * transmit queue itself whenever it can (both queues running, no finishing, no other
+ * relay reading it), copying each frame once from guest memory, and the socket
+ * otherwise.  r holds a reference on v until it ends.  0 or -EINVAL. */
+int relay_set_vhost_src(relay *r, relay_vhost *v);
 /* ---- cdef end ---- */
 
 #endif /* STDPKT_RELAY_H */

@@ -11,6 +11,8 @@
  *   steer.c    retargeting and steering (outputs, rules, classification)
  *   flow.c     the flow table behind steering (flow.h)
  *   bench.c    benchmark helpers
+ *   vhost_ring.c  a socket source that is a vhost-user port's host end: the relay
+ *              reads the guest's transmit queue itself (one copy, one thread less)
  *   vhost.c, vhost_proto.c, vhost_io.c, vring.c, offload.c   the vhost-user port back end (vhost.h)
  * Internal functions shared between files carry an rl_ prefix and hidden visibility;
  * none of the files has a main(), so all of them link together.
@@ -151,6 +153,13 @@ struct relay {
     uint64_t spin_ns;             /* busy-poll the source this long before sleeping:
                                    * STDPKT_RELAY_SPIN_US (0: off, the default) */
 
+    /* a vhost-user port whose transmit queue this relay reads itself (vhost_ring.c) */
+    struct relay_vhost *vh;
+    int vh_own;                   /* the port granted us its queue */
+    int vh_kick;                  /* while owned: our duplicate of the queue's kick descriptor */
+    int vh_dirty;                 /* the socket may still hold frames sent before the grant */
+    uint32_t vh_gen;
+
     /* trace ring */
     pthread_mutex_t trace_lock;
     int trace_on;                 /* atomic */
@@ -241,6 +250,9 @@ RL_HIDDEN int rl_step(relay *r, int *idle);
 RL_HIDDEN void rl_finish(relay *r, int res);
 RL_HIDDEN void rl_block_sigpipe(sigset_t *old);
 RL_HIDDEN void rl_restore_sigpipe(const sigset_t *old);
+/* vhost_ring.c */
+RL_HIDDEN int rl_read_vhost(relay *r, uint32_t *n);
+RL_HIDDEN void rl_vh_release(relay *r);
 /* steer.c */
 RL_HIDDEN int rl_write_batch(relay *r, uint32_t n, uint64_t ts);
 RL_HIDDEN void rl_kick(relay *r);

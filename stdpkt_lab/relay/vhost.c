@@ -132,8 +132,9 @@ static void *loop(void *arg)
             i_c = n;
             p[n++] = (struct pollfd){ v->cfd, POLLIN, 0 };
         }
+        int owned = __atomic_load_n(&v->tx_owner, __ATOMIC_ACQUIRE) != NULL;
         if (v->cfd >= 0 && vh_ready(v)) {
-            if (!v->tx_blocked) {
+            if (!v->tx_blocked && !owned) {   /* a relay reading the queue polls the kick */
                 i_tx = n;
                 p[n++] = (struct pollfd){ v->q[1].kick, POLLIN, 0 };
             }
@@ -164,8 +165,11 @@ static void *loop(void *arg)
             }
         }
         if (i_l >= 0 && p[i_l].revents) {
-            v->cfd = accept4(v->lfd, NULL, NULL, SOCK_CLOEXEC);
-            if (v->cfd >= 0) {
+            int c = accept4(v->lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (c >= 0) {
+                pthread_mutex_lock(&v->tx_lock);
+                v->cfd = c;
+                pthread_mutex_unlock(&v->tx_lock);
                 close(v->lfd);               /* one guest per port */
                 v->lfd = -1;
                 unlink(v->path);
@@ -174,15 +178,24 @@ static void *loop(void *arg)
             continue;
         }
         if (i_c >= 0 && p[i_c].revents) {
-            if (vh_handle(v) < 0) {
+            /* a message may change the queues or the memory a relay reads: it lets go */
+            pthread_mutex_lock(&v->tx_lock);
+            vh_revoke(v);
+            int gone = vh_handle(v) < 0;
+            if (gone)
                 guest_gone(v, NULL);
+            pthread_mutex_unlock(&v->tx_lock);
+            if (gone)
                 continue;
-            }
         }
         if (v->cfd < 0 || !vh_ready(v))
             continue;
-        if (i_tx >= 0 && p[i_tx].revents)
+        if (i_tx >= 0 && p[i_tx].revents) {
             drain(v->q[1].kick);
+            pthread_mutex_lock(&v->tx_lock);
+            vh_pass_kick(v);                 /* claimed meanwhile: the relay must look */
+            pthread_mutex_unlock(&v->tx_lock);
+        }
         if (i_rx >= 0 && p[i_rx].revents) {
             drain(v->q[0].kick);
             v->rx_starved = 0;
@@ -191,8 +204,12 @@ static void *loop(void *arg)
             v->tx_blocked = 0;
         if (i_d >= 0 && (p[i_d].revents & (POLLHUP | POLLERR)) && !(p[i_d].revents & POLLIN))
             v->data_eof = 1;
-        if (!v->tx_blocked)
-            vh_do_tx(v);
+        if (!v->tx_blocked) {
+            pthread_mutex_lock(&v->tx_lock);
+            if (v->tx_owner == NULL)
+                vh_do_tx(v);
+            pthread_mutex_unlock(&v->tx_lock);
+        }
         if (!v->rx_starved)
             vh_do_rx(v);
     }
@@ -211,6 +228,8 @@ relay_vhost *relay_vhost_new(const char *path, int data_fd, uint32_t mtu, const 
     if (!v)
         return NULL;
     pthread_mutex_init(&v->err_lock, NULL);
+    pthread_mutex_init(&v->tx_lock, NULL);
+    v->refs = 1;
     v->lfd = v->cfd = v->data = v->stopfd = v->slave = v->wakefd = -1;
     v->q[0].kick = v->q[0].call = v->q[0].err = -1;
     v->q[1].kick = v->q[1].call = v->q[1].err = -1;
@@ -296,6 +315,9 @@ void relay_vhost_free(relay_vhost *v)
         (void)w;
         pthread_join(v->thread, NULL);
     }
+    pthread_mutex_lock(&v->tx_lock);    /* a relay reading the queue lets go first */
+    vh_revoke(v);
+    v->closed = 1;
     release_guest(v);
     if (v->lfd >= 0) {
         close(v->lfd);
@@ -307,8 +329,18 @@ void relay_vhost_free(relay_vhost *v)
         close(v->stopfd);
     if (v->wakefd >= 0)
         close(v->wakefd);
+    v->lfd = v->data = v->stopfd = v->wakefd = -1;
+    pthread_mutex_unlock(&v->tx_lock);
+    vh_unref(v);
+}
+
+void vh_unref(relay_vhost *v)
+{
+    if (__atomic_sub_fetch(&v->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
     free(v->bounce);
     free(v->scratch);
     pthread_mutex_destroy(&v->err_lock);
+    pthread_mutex_destroy(&v->tx_lock);
     free(v);
 }

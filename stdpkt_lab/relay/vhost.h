@@ -144,6 +144,13 @@ struct relay_vhost {
     uint8_t *bounce, *scratch;    /* finishing: a linear copy of a frame, and a segment */
     vu_chain tx[TX_BATCH];        /* one transmit batch */
     struct mmsghdr mm[TX_BATCH];
+    /* a relay may read the transmit queue itself (vhost_ring.c): tx_lock guards the queue,
+     * the guest's memory and the owner; the port's thread takes it to change them */
+    pthread_mutex_t tx_lock;
+    void *tx_owner;               /* the relay reading the transmit queue, or NULL */
+    uint32_t tx_gen;              /* bumped when the queues or memory may have changed */
+    int closed;                   /* relay_vhost_free() ran: only the memory is left */
+    int refs;                     /* atomic: the port's own reference and one per relay */
     struct iovec rx_iov[RX_IOV];  /* the receive buffers one frame may fill */
     uint16_t rx_head[RX_IOV];
     uint32_t rx_room[RX_IOV];
@@ -190,6 +197,11 @@ static inline void vh_add(uint64_t *p, uint64_t n)
 /* vhost_io.c: the data path, run by the port's thread */
 void vh_do_tx(relay_vhost *v);
 void vh_do_rx(relay_vhost *v);
+int vh_strip_header(vu_chain *c, vnet_hdr *h);
+/* vhost_ring.c: a relay reading the transmit queue */
+void vh_pass_kick(relay_vhost *v);           /* tx_lock held: the owner may have missed a kick */
+void vh_revoke(relay_vhost *v);              /* tx_lock held: the queues change, owner lets go */
+void vh_unref(relay_vhost *v);               /* the last reference frees the memory */
 #pragma GCC visibility pop
 
 #endif /* STDPKT_VHOST_H */

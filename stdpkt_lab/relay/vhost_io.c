@@ -31,7 +31,7 @@ static int rx_retry(relay_vhost *v, ssize_t k)
 /* ------------------------------------------------------------ transmit: guest -> socket */
 
 /* Drops the virtio-net header from the front of a chain (copied into h). */
-static int strip_header(vu_chain *c, vnet_hdr *h)
+int vh_strip_header(vu_chain *c, vnet_hdr *h)
 {
     size_t need = VU_NET_HDR, got = 0;
     uint32_t i = 0;
@@ -120,7 +120,7 @@ void vh_do_tx(relay_vhost *v)
             const char *why = NULL;
             vnet_hdr h;
             vu_chain *c = &ch[n];
-            if (vq_pop(q, &v->mem, 0, c, &why) < 0 || strip_header(c, &h) < 0 ||
+            if (vq_pop(q, &v->mem, 0, c, &why) < 0 || vh_strip_header(c, &h) < 0 ||
                 c->len < RELAY_FRAME_MIN || c->len > RELAY_FRAME_MAX) {
                 vh_err(v, "transmit queue: %s", why ? why : "bad frame length");
                 vh_add(&v->st.tx_drops, 1);
