@@ -68,6 +68,7 @@ def test_vhost_link_passes_tcp_with_super_frames_a_pcap_reader_reads(tmp_path: P
         # the pump read the guest's transmit queue itself (relay/vhost_ring.c), all but
         # what the port's thread sent before the pump started or while the queue changed
         assert sa.tx_relayed > 0.9 * sa.tx_frames, sa
+        assert sb.rx_relayed > 0.5 * sb.rx_frames, sb   # and wrote into b's receive queue
         path = tmp_path / "ab.pcap"
         assert lab.save_pcap(("a", "b"), path) > 0
     r = subprocess.run(["tcpdump", "-nn", "-r", str(path)], capture_output=True, text=True, timeout=60)

@@ -72,6 +72,8 @@ class VhostStats:
     ready: bool
     #: of ``tx_frames``: read from the transmit queue by a pump itself (relay/rings.py)
     tx_relayed: int = 0
+    #: of ``rx_frames``: written into the receive queue by a pump itself
+    rx_relayed: int = 0
 
 
 class VhostPort:
@@ -112,11 +114,15 @@ class VhostPort:
         if host_end is not None:
             self._ring_key = rings.register(host_end.fileno(), self._lend)
 
-    def _lend(self, relay: object) -> bool:
-        """Lets ``relay`` (an opened C relay reading the host end) read the transmit
-        queue; it holds a reference on the port's memory until it ends."""
+    def _lend(self, relay: object, source: bool) -> bool:
+        """Lets ``relay`` (an opened C relay on the host end) read the transmit queue
+        (``source``) or write into the receive queue; it holds a reference on the
+        port's memory until it ends."""
         with self._lock:
-            return self._v is not None and self._lib.relay_set_vhost_src(relay, self._v) == 0
+            if self._v is None:
+                return False
+            lend = self._lib.relay_set_vhost_src if source else self._lib.relay_set_vhost_dst
+            return lend(relay, self._v) == 0
 
     def set_finish(self, on: bool) -> None:
         """Complete checksums and cut TCP super-frames before they leave the port."""
@@ -149,7 +155,7 @@ class VhostPort:
         names = frozenset(n for bit, n in FEATURE_NAMES.items() if s.features >> bit & 1)
         return VhostStats(s.tx_frames, s.tx_bytes, s.tx_drops, s.tx_gso, s.rx_frames, s.rx_bytes,
                           s.rx_drops, s.rx_gso, names, bool(s.connected), bool(s.ready),
-                          s.tx_relayed)
+                          s.tx_relayed, s.rx_relayed)
 
     @property
     def last_error(self) -> str:

@@ -199,8 +199,9 @@ class Pump:
         pumps in one thread)."""
         with self._lock:
             self._open()
-            if self.src.kind == "socket":  # a vhost port's host end: read its queue (rings.py)
-                rings.lend(self._r, self.src.fd)
+            for ep, source in ((self.src, True), (self.dst, False)):
+                if ep.kind == "socket":  # a vhost port's host end: use its queue (rings.py)
+                    rings.lend(self._r, ep.fd, source=source)
             self._thread = threading.Thread(target=self._run, name=f"pump {self.name}", daemon=True)
             self._thread.start()
         return self
@@ -376,6 +377,8 @@ class Pump:
             if rc < 0:
                 raise LinkError(f"pump {self.name!r}: cannot retarget: {self._last_error()}")
             old, self.dst = self.dst, endpoint
+            if endpoint.kind == "socket":
+                rings.lend(self._r, endpoint.fd, source=False)
         if old.close and old.fd != endpoint.fd:
             _close(old.fd)
 

@@ -79,6 +79,7 @@ static void rl_close_fds(relay *r)
     if (r->dst.fd >= 0)
         close(r->dst.fd);
     r->src_fd = r->dst.fd = -1;
+    rl_vh_drop_dst(&r->dst);
     for (uint32_t i = 0; i < r->nrules; i++) {
         if (r->rules[i]->out.fd >= 0)
             close(r->rules[i]->out.fd);

@@ -206,6 +206,7 @@ typedef struct relay_vhost_stats {
     uint32_t connected;      /* the guest's kernel is connected */
     uint32_t ready;          /* both queues are running */
     uint64_t tx_relayed;     /* of tx_frames: read from the queue by a relay itself (vhost_ring.c) */
+    uint64_t rx_relayed;     /* of rx_frames: written into the queue by a relay itself */
 } relay_vhost_stats;
 
 /* Listens on path (a new unix stream socket; removed once the guest connects or at
@@ -231,6 +232,11 @@ void relay_vhost_free(relay_vhost *v);
  * relay reading it), copying each frame once from guest memory, and the socket
  * otherwise.  r holds a reference on v until it ends.  0 or -EINVAL. */
 int relay_set_vhost_src(relay *r, relay_vhost *v);
+/* r's default destination (an opened socket) is v's host end: r writes frames straight
+ * into v's receive queue while the guest has buffers for them and the port's socket
+ * holds nothing older; the socket otherwise.  Until r ends or is retargeted (then call
+ * again if the new destination is a port's host end).  0 or -EINVAL. */
+int relay_set_vhost_dst(relay *r, relay_vhost *v);
 /* ---- cdef end ---- */
 
 #endif /* STDPKT_RELAY_H */

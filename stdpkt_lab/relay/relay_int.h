@@ -77,6 +77,7 @@ typedef struct relay_out {
     int dead;                     /* a steering output that failed: its frames are dropped */
     uint8_t ghdr[GHDR];           /* global header still to be written */
     uint32_t ghdr_off, ghdr_len;
+    struct relay_vhost *vh;       /* the default destination is this port's host end (vhost_ring.c) */
 } relay_out;
 
 typedef struct steer_rule {
@@ -253,8 +254,12 @@ RL_HIDDEN void rl_restore_sigpipe(const sigset_t *old);
 /* vhost_ring.c */
 RL_HIDDEN int rl_read_vhost(relay *r, uint32_t *n);
 RL_HIDDEN void rl_vh_release(relay *r);
+RL_HIDDEN void rl_vh_drop_dst(relay_out *o);
+RL_HIDDEN uint32_t rl_vh_put(relay *r, relay_out *o, uint32_t first, uint32_t n, uint64_t *bytes);
 /* steer.c */
 RL_HIDDEN int rl_write_batch(relay *r, uint32_t n, uint64_t ts);
 RL_HIDDEN void rl_kick(relay *r);
+RL_HIDDEN void rl_ctl_lock(relay *r);     /* a control operation: a blocked writer yields */
+RL_HIDDEN void rl_ctl_unlock(relay *r);
 
 #endif /* STDPKT_RELAY_INT_H */

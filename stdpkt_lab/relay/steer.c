@@ -127,14 +127,14 @@ int rl_write_batch(relay *r, uint32_t n, uint64_t ts)
 }
 
 /* A control operation: announce it (a blocked writer yields), then take dst_lock. */
-static void ctl_lock(relay *r)
+void rl_ctl_lock(relay *r)
 {
     __atomic_add_fetch(&r->ctl_pending, 1, __ATOMIC_ACQ_REL);
     rl_kick(r);
     pthread_mutex_lock(&r->dst_lock);
 }
 
-static void ctl_unlock(relay *r)
+void rl_ctl_unlock(relay *r)
 {
     pthread_mutex_unlock(&r->dst_lock);
     __atomic_sub_fetch(&r->ctl_pending, 1, __ATOMIC_ACQ_REL);
@@ -142,9 +142,9 @@ static void ctl_unlock(relay *r)
 
 int relay_set_flowtab(relay *r, relay_flowtab *t)
 {
-    ctl_lock(r);
+    rl_ctl_lock(r);
     r->ft = t;
-    ctl_unlock(r);
+    rl_ctl_unlock(r);
     return 0;
 }
 
@@ -170,17 +170,18 @@ int relay_set_dst(relay *r, int fd, int kind, int write_header)
     o.fd = nfd;
     o.kind = kind;
     o.is_sock = is_sock;
-    ctl_lock(r);
+    rl_ctl_lock(r);
     if (r->dst.fd < 0) {
-        ctl_unlock(r);
+        rl_ctl_unlock(r);
         close(nfd);
         return -EBADF;
     }
     int old = r->dst.fd;
+    rl_vh_drop_dst(&r->dst);   /* a new destination: the caller says if it is a vhost port's */
     r->dst = o;
     if (kind == RELAY_KIND_PCAP && write_header)
         rl_start_ghdr(&r->dst);
-    ctl_unlock(r);
+    rl_ctl_unlock(r);
     close(old);
     rl_kick(r);        /* the loop may be polling the old descriptor for a hangup */
     return 0;
@@ -218,7 +219,7 @@ int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uin
         free(s);
         return rc;
     }
-    ctl_lock(r);
+    rl_ctl_lock(r);
     pthread_mutex_lock(&r->rules_lock);
     rc = 0;
     if (find_rule(r, rule_id, NULL) != NULL) {
@@ -236,7 +237,7 @@ int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uin
         r->rules[r->nrules++] = s;
     }
     pthread_mutex_unlock(&r->rules_lock);
-    ctl_unlock(r);
+    rl_ctl_unlock(r);
     if (rc) {
         close(s->out.fd);
         free(s->filt);
@@ -248,7 +249,7 @@ int relay_add_steer(relay *r, uint32_t rule_id, const relay_bpf_insn *insns, uin
 int relay_remove_steer(relay *r, uint32_t rule_id)
 {
     uint32_t idx;
-    ctl_lock(r);
+    rl_ctl_lock(r);
     pthread_mutex_lock(&r->rules_lock);
     steer_rule *s = find_rule(r, rule_id, &idx);
     if (s != NULL) {
@@ -256,7 +257,7 @@ int relay_remove_steer(relay *r, uint32_t rule_id)
         r->nrules--;
     }
     pthread_mutex_unlock(&r->rules_lock);
-    ctl_unlock(r);
+    rl_ctl_unlock(r);
     if (s == NULL)
         return -ENOENT;
     if (s->out.fd >= 0)

@@ -168,7 +168,9 @@ static void *loop(void *arg)
             int c = accept4(v->lfd, NULL, NULL, SOCK_CLOEXEC);
             if (c >= 0) {
                 pthread_mutex_lock(&v->tx_lock);
+                pthread_mutex_lock(&v->rx_lock);
                 v->cfd = c;
+                pthread_mutex_unlock(&v->rx_lock);
                 pthread_mutex_unlock(&v->tx_lock);
                 close(v->lfd);               /* one guest per port */
                 v->lfd = -1;
@@ -180,10 +182,12 @@ static void *loop(void *arg)
         if (i_c >= 0 && p[i_c].revents) {
             /* a message may change the queues or the memory a relay reads: it lets go */
             pthread_mutex_lock(&v->tx_lock);
+            pthread_mutex_lock(&v->rx_lock);
             vh_revoke(v);
             int gone = vh_handle(v) < 0;
             if (gone)
                 guest_gone(v, NULL);
+            pthread_mutex_unlock(&v->rx_lock);
             pthread_mutex_unlock(&v->tx_lock);
             if (gone)
                 continue;
@@ -210,8 +214,11 @@ static void *loop(void *arg)
                 vh_do_tx(v);
             pthread_mutex_unlock(&v->tx_lock);
         }
-        if (!v->rx_starved)
+        if (!v->rx_starved) {
+            pthread_mutex_lock(&v->rx_lock);
             vh_do_rx(v);
+            pthread_mutex_unlock(&v->rx_lock);
+        }
     }
     return NULL;
 }
@@ -229,6 +236,7 @@ relay_vhost *relay_vhost_new(const char *path, int data_fd, uint32_t mtu, const 
         return NULL;
     pthread_mutex_init(&v->err_lock, NULL);
     pthread_mutex_init(&v->tx_lock, NULL);
+    pthread_mutex_init(&v->rx_lock, NULL);
     v->refs = 1;
     v->lfd = v->cfd = v->data = v->stopfd = v->slave = v->wakefd = -1;
     v->q[0].kick = v->q[0].call = v->q[0].err = -1;
@@ -316,6 +324,7 @@ void relay_vhost_free(relay_vhost *v)
         pthread_join(v->thread, NULL);
     }
     pthread_mutex_lock(&v->tx_lock);    /* a relay reading the queue lets go first */
+    pthread_mutex_lock(&v->rx_lock);
     vh_revoke(v);
     v->closed = 1;
     release_guest(v);
@@ -330,6 +339,7 @@ void relay_vhost_free(relay_vhost *v)
     if (v->wakefd >= 0)
         close(v->wakefd);
     v->lfd = v->data = v->stopfd = v->wakefd = -1;
+    pthread_mutex_unlock(&v->rx_lock);
     pthread_mutex_unlock(&v->tx_lock);
     vh_unref(v);
 }
@@ -342,5 +352,6 @@ void vh_unref(relay_vhost *v)
     free(v->scratch);
     pthread_mutex_destroy(&v->err_lock);
     pthread_mutex_destroy(&v->tx_lock);
+    pthread_mutex_destroy(&v->rx_lock);
     free(v);
 }

@@ -147,6 +147,9 @@ struct relay_vhost {
     /* a relay may read the transmit queue itself (vhost_ring.c): tx_lock guards the queue,
      * the guest's memory and the owner; the port's thread takes it to change them */
     pthread_mutex_t tx_lock;
+    pthread_mutex_t rx_lock;      /* the receive queue: the port's thread, and relays writing
+                                   * frames straight into it (vhost_ring.c); the protocol
+                                   * takes both locks, tx_lock first */
     void *tx_owner;               /* the relay reading the transmit queue, or NULL */
     uint32_t tx_gen;              /* bumped when the queues or memory may have changed */
     int closed;                   /* relay_vhost_free() ran: only the memory is left */
@@ -202,6 +205,8 @@ int vh_strip_header(vu_chain *c, vnet_hdr *h);
 void vh_pass_kick(relay_vhost *v);           /* tx_lock held: the owner may have missed a kick */
 void vh_revoke(relay_vhost *v);              /* tx_lock held: the queues change, owner lets go */
 void vh_unref(relay_vhost *v);               /* the last reference frees the memory */
+/* rx_lock held: puts one frame into the receive queue if it fits the buffers there; 1 or 0 */
+int vh_rx_put(relay_vhost *v, uint8_t *frame, uint32_t len);
 #pragma GCC visibility pop
 
 #endif /* STDPKT_VHOST_H */

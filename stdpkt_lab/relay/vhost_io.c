@@ -288,3 +288,71 @@ void vh_do_rx(relay_vhost *v)
     }
     vq_signal(q);
 }
+
+/* ------------------------------------------------------------ receive: a relay's frame -> guest */
+
+/* A relay writing straight into the receive queue (vhost_ring.c), rx_lock held: the
+ * frame goes into the buffers the guest made available, as vh_do_rx() puts one it
+ * received from the socket.  0 when they cannot hold it (nothing is taken: the frame
+ * then goes through the socket and the port's thread waits for buffers). */
+int vh_rx_put(relay_vhost *v, uint8_t *frame, uint32_t len)
+{
+    vu_queue *q = &v->q[0];
+    int mrg = !!(v->acked & BIT(F_MRG_RXBUF));
+    int csum = v->offload && (v->acked & BIT(F_GUEST_CSUM));
+    int tso = csum && (v->acked & (BIT(F_GUEST_TSO4) | BIT(F_GUEST_TSO6)));
+    struct iovec *iov = v->rx_iov;
+    uint16_t *heads = v->rx_head;
+    uint32_t *room = v->rx_room, nchain = 0, niov = 0;
+    uint64_t total = 0, need = (uint64_t)len + VU_NET_HDR;
+    int avail = vq_avail(q);
+    while (total < need && nchain < (uint32_t)avail && (mrg || nchain == 0)) {
+        vu_chain c;
+        const char *why = NULL;
+        if (vq_peek_at(q, &v->mem, (uint16_t)nchain, 1, &c, &why) < 0 || niov + c.niov > RX_IOV ||
+            (nchain == 0 && (c.niov == 0 || c.iov[0].iov_len < VU_NET_HDR)))
+            return 0;                         /* the port's thread deals with odd buffers */
+        memcpy(iov + niov, c.iov, c.niov * sizeof c.iov[0]);
+        niov += c.niov;
+        heads[nchain] = c.head;
+        room[nchain] = (uint32_t)c.len;
+        total += c.len;
+        nchain++;
+    }
+    if (total < need)
+        return 0;
+    vnet_hdr h;
+    ol_rx_header(frame, len, len, v->mtu, csum, tso, &h);
+    uint8_t *hdrp = iov[0].iov_base;
+    size_t off = VU_NET_HDR;                  /* in iov[0]: the header first */
+    uint32_t done = 0;
+    for (uint32_t i = 0; i < niov && done < len; i++) {
+        size_t k = iov[i].iov_len - off;
+        if (k > len - done)
+            k = len - done;
+        memcpy((uint8_t *)iov[i].iov_base + off, frame + done, k);
+        done += (uint32_t)k;
+        off = 0;
+    }
+    uint64_t left = need;
+    uint16_t used = 0;
+    while (left && used < nchain) {
+        left -= left < room[used] ? left : room[used];
+        used++;
+    }
+    h.num_buffers = used;
+    memcpy(hdrp, &h, VU_NET_HDR);
+    left = need;
+    for (uint16_t j = 0; j < used; j++) {
+        uint32_t take = left < room[j] ? (uint32_t)left : room[j];
+        left -= take;
+        vq_push(q, heads[j], take);
+    }
+    q->last_avail = (uint16_t)(q->last_avail + used);
+    if (h.gso_type != VNH_GSO_NONE)
+        vh_add(&v->st.rx_gso, 1);
+    vh_add(&v->st.rx_frames, 1);
+    vh_add(&v->st.rx_bytes, len);
+    vh_add(&v->st.rx_relayed, 1);
+    return 1;
+}

@@ -181,3 +181,55 @@ void rl_vh_release(relay *r)
     r->vh = NULL;
     vh_unref(v);
 }
+
+/* ------------------------------------------------------------ the receive queue */
+
+int relay_set_vhost_dst(relay *r, relay_vhost *v)
+{
+    if (r == NULL || v == NULL || !r->opened)
+        return -EINVAL;
+    rl_ctl_lock(r);
+    int ok = r->dst.fd >= 0 && r->dst.kind == RELAY_KIND_SOCKET && r->dst.vh == NULL;
+    if (ok) {
+        __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
+        r->dst.vh = v;
+    }
+    rl_ctl_unlock(r);
+    return ok ? 0 : -EINVAL;
+}
+
+/* dst_lock held (or the loop has ended): the destination is no longer v's host end. */
+void rl_vh_drop_dst(relay_out *o)
+{
+    relay_vhost *v = o->vh;
+    o->vh = NULL;
+    if (v != NULL)
+        vh_unref(v);
+}
+
+/* Frames [first, first + n) of the batch straight into the guest's receive queue, as
+ * many as its buffers take, if nothing older waits in the port's socket (the port's
+ * thread is not waiting for buffers and the socket is empty: order is kept).  Returns
+ * how many were delivered; the caller sends the rest through the socket. */
+uint32_t rl_vh_put(relay *r, relay_out *o, uint32_t first, uint32_t n, uint64_t *bytes)
+{
+    relay_vhost *v = o->vh;
+    uint32_t k = 0;
+    pthread_mutex_lock(&v->rx_lock);
+    if (!v->closed && v->cfd >= 0 && !v->guest_gone && !v->data_eof && !v->rx_starved &&
+        vh_ready(v)) {
+        struct pollfd p = { v->data, POLLIN, 0 };
+        if (poll(&p, 1, 0) == 0) {
+            for (; k < n; k++) {
+                frame *f = &r->fr[first + k];
+                if (!vh_rx_put(v, f->rec + REC_HDR, f->len))
+                    break;
+                *bytes += f->len;
+            }
+            if (k)
+                vq_signal(&v->q[0]);
+        }
+    }
+    pthread_mutex_unlock(&v->rx_lock);
+    return k;
+}
