@@ -268,6 +268,10 @@ RUNNERS: dict[str, Callable[[Path, str, float, Collector], None]] = {
     "pipe+kbuf": functools.partial(run_pipe, env=KBUF),
     "lab+kbuf": functools.partial(run_lab, env=KBUF),
     "direct+kbuf": functools.partial(run_direct, env=KBUF),
+    # vhost ports: pumps read and write the guests' queues themselves (the default), or
+    # the socket the port's thread serves (STDPKT_VHOST_RING=0, relay/rings.py)
+    "pipe+sock": functools.partial(run_pipe, env={"STDPKT_VHOST_RING": "0"}),
+    "lab+sock": functools.partial(run_lab, env={"STDPKT_VHOST_RING": "0"}),
 }
 
 

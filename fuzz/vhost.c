@@ -9,7 +9,9 @@
  *         "guest memory" region at guest address 0x10000: a 16-entry descriptor
  *         table at 0x10000, the available ring at 0x10100, the used ring at
  *         0x10200.  Byte 1 sets the direction (bit 0: receive chains).  The
- *         chains are popped (at most 64) and pushed back.
+ *         chains are popped (at most 64) and pushed back.  With bit 1 too, a relay
+ *         instead puts frames into the receive ring as vhost_ring.c does (vh_rx_put):
+ *         bytes 2.. are also the frame (bits 2-3 pick mergeable buffers and offload).
  *   odd:  a frame.  Bytes 1-2 give the MTU, the rest is the frame (exact-size
  *         heap copy): its header is made as for a receiving guest, its checksum
  *         finished, and a TCP super-frame cut into segments.
@@ -31,6 +33,37 @@
 #define REGION 65536u
 #define GPA 0x10000u
 
+/* A relay writing frames into a receive ring the guest made (vh_rx_put). */
+static void put(const vu_queue *q, const vu_mem *m, const uint8_t *in, size_t n)
+{
+    relay_vhost *v = calloc(1, sizeof *v);
+    size_t len = n - 2 < RELAY_FRAME_MAX ? n - 2 : RELAY_FRAME_MAX;
+    uint8_t *f = malloc(len ? len : 1);
+    if (!v || !f)
+        goto done;
+    v->q[0] = *q;
+    v->mem = *m;
+    v->mtu = 1500;
+    v->offload = !!(in[1] & 8);
+    v->acked = (in[1] & 4 ? BIT(F_MRG_RXBUF) : 0) |
+               (in[1] & 8 ? BIT(F_GUEST_CSUM) | BIT(F_GUEST_TSO4) | BIT(F_GUEST_TSO6) : 0);
+    for (int k = 0; k < 8 && len >= RELAY_FRAME_MIN; k++) {
+        memcpy(f, in + 2, len);
+        uint16_t before = v->q[0].used_idx;
+        int ok = vh_rx_put(v, f, (uint32_t)len);
+        uint16_t used = (uint16_t)(v->q[0].used_idx - before);
+        if (!ok && used)
+            FAIL("a refused frame used %u buffers", used);
+        if (ok && (used == 0 || used > v->q[0].num))
+            FAIL("a frame put into %u buffers", used);
+        if (!ok)
+            break;
+    }
+done:
+    free(f);
+    free(v);
+}
+
 static void ring(const uint8_t *in, size_t n)
 {
     uint8_t *mem = calloc(1, REGION);
@@ -45,6 +78,11 @@ static void ring(const uint8_t *in, size_t n)
                    .used_addr = GPA + 0x200, .kick = -1, .call = -1, .err = -1, .enabled = 1 };
     if (vq_map(&q, &m) != 0)
         FAIL("a ring inside the region did not map");
+    if (writable && (in[1] & 2)) {
+        put(&q, &m, in, n);
+        free(mem);
+        return;
+    }
     for (int k = 0; k < 64 && vq_avail(&q) > 0; k++) {
         vu_chain c;
         const char *why = NULL;

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -180,3 +182,37 @@ def test_paper_pipeline_on_vhost_ports_carries_super_frames_tcpdump_reads(stdpkt
     assert lengths and max(lengths) > 1500, "no TCP super-frame on the pipe"
     big = [p for p in rdpcap(str(tmp_path / "forward.pcap")) if TCP in p and len(p) > 1514]
     assert big and big[0][TCP].dport == 5201      # scapy reads them too
+
+
+@pytest.mark.uml
+def test_vhost_ring_off_keeps_the_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STDPKT_VHOST_RING", "0")      # relay/rings.py: pumps use the socket
+    g = sl.chain("a", "b")
+    g.graph["ports"] = "vhost"
+    with sl.Lab(g, progress=False) as lab:
+        assert _iperf(lab, "a", "b", 1) > 1e8
+        sa, sb = lab["a"].vhost(0).stats, lab["b"].vhost(0).stats
+        assert sa.tx_frames > 1000 and sa.tx_relayed == 0 and sb.rx_relayed == 0
+
+
+@pytest.mark.uml
+def test_vhost_queues_change_hands_when_a_guest_is_killed_and_restarted() -> None:
+    g = sl.chain("a", "b")
+    g.graph["ports"] = "vhost"
+    with sl.Lab(g, progress=False) as lab:
+        addr = lab.plan.address("b")
+        assert lab.exec("a", f"ping -c 2 -W 2 {addr}").returncode == 0
+        pid = lab["b"].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)                   # b's kernel dies under a's pumps
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not any("link" in why for _, why in lab.events):
+            time.sleep(0.05)
+        assert any("link" in why for _, why in lab.events), lab.events
+        before = lab["a"].vhost(0).stats
+        lab.restart("b")                               # new pumps borrow a's queues again
+        assert lab.exec("a", f"ping -c 3 -W 2 {addr}").returncode == 0
+        assert _iperf(lab, "a", "b", 1) > 1e8
+        after, vb = lab["a"].vhost(0).stats, lab["b"].vhost(0).stats
+        assert after.tx_relayed > before.tx_relayed + 1000 and vb.rx_relayed > 1000
+        assert after.tx_drops == 0, lab["a"].vhost(0).last_error

@@ -21,6 +21,12 @@ TCP/UDP checksum on the way in: like a NIC between two VMs on one host).
 A peer that cannot take such frames — a vector port — needs
 :meth:`VhostPort.set_finish`: the port then completes checksums and cuts
 super-frames before they leave.
+
+A pump on the port's host end (a Lab link, `stdpkt run`'s pipes) uses the queues
+itself when it can: it reads the guest's transmit queue and writes into its receive
+buffers, so the port's thread and the socketpair drop out of the way
+(``relay/rings.py``, C in ``relay/vhost_ring.c``; ``STDPKT_VHOST_RING=0`` turns it off;
+:attr:`VhostStats.tx_relayed` / ``rx_relayed`` count the frames that went so).
 """
 
 from __future__ import annotations

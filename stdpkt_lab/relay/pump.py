@@ -11,15 +11,15 @@ descriptions of the descriptors and starts the thread; the loop ends when asked
 on a bad pcap stream or an I/O error; ``result`` says which.  A pump runs once.
 
 Re-wiring while running (docs/links.md): ``retarget(endpoint)`` changes the
-destination between two batches of frames (counters and trace ring stay);
-``add_steer(rule_id, filter_expr, endpoint)`` / ``remove_steer(rule_id)`` /
-``steer_stats()`` steer new flows matching a pcap filter to another endpoint,
-with a :class:`~stdpkt_lab.relay.steer.FlowTable` shared by the two pumps of a
-link so replies can take their own detour (see :mod:`stdpkt_lab.relay.steer`).
+destination between two batches; ``add_steer`` / ``remove_steer`` / ``steer_stats``
+steer new flows matching a pcap filter elsewhere, with a :class:`FlowTable` shared by
+the two pumps of a link so replies take their own detour (:mod:`.steer`).  A vhost
+port's host end lends the pump the guest's queues (:mod:`.rings`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -118,10 +118,8 @@ class Endpoint:
 
 
 def _close(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 def _fileno(fd: int | _HasFileno) -> int:
@@ -349,14 +347,12 @@ class Pump:
     def retarget(self, endpoint: Endpoint, *, write_header: bool = True) -> None:
         """Sends every frame after the current batch to ``endpoint`` instead of ``dst``
         (thread-safe; counters, trace ring and steering rules stay).  The pump takes a
-        private description of the descriptor, as start() does; its description of the
-        old destination is closed (and the old descriptor itself when it was given with
-        ``close=True``).  A pcap destination first gets a global header unless
-        ``write_header`` is False.  A write blocked on a full old destination gives way
-        at once when that is a socket (messages are whole: the unsent frames of the batch
-        go to the new destination); on a pcap stream it gives way at the next record
-        boundary, so the old stream never ends inside a record.  Before start() it only
-        replaces ``dst``."""
+        private description of the descriptor, as start() does, and closes its old one
+        (and the old descriptor itself if given with ``close=True``).  A pcap destination
+        first gets a global header unless ``write_header`` is False.  A write blocked on a
+        full old socket gives way at once (the batch's unsent frames go to the new one),
+        on a pcap stream at the next record boundary.  Before start() it only replaces
+        ``dst``."""
         _check_kind(endpoint)
         with self._lock:
             state = self._state

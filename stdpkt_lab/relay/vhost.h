@@ -16,6 +16,9 @@
  *                notifications; every guest-written value is checked
  *   offload.c    virtio-net headers: reading them (transmit) and making them for
  *                frames that arrive without one (receive), checksums, segmentation
+ *   vhost_ring.c a relay on the port's host end using the queues itself: it reads
+ *                the transmit queue and writes into the receive queue, one copy and
+ *                one thread less each way (the socket stays the fallback)
  */
 #ifndef STDPKT_VHOST_H
 #define STDPKT_VHOST_H
