@@ -398,6 +398,8 @@ def main() -> int:
     ap.add_argument("--small-write", type=int, default=1024,
                     help="application write size of the stdpkt-blast run (0: no blast run)")
     ap.add_argument("--no-limit", action="store_true", help="skip the bare pipe pump")
+    ap.add_argument("--nodelay", action="store_true",
+                    help="iperf3 -N: TCP_NODELAY on the sender (a write's tail is not held back by Nagle)")
     ap.add_argument("--mem", type=int, default=InstanceSpec.__dataclass_fields__["mem_mb"].default,
                     help="guest memory in MB (default: the engine's)")
     ap.add_argument("--out", default="goodput", help="results file stem under bench/results/")
@@ -436,7 +438,8 @@ def main() -> int:
         "machine": machine(),
         "params": {"sizes": sizes, "mtus": mtus, "reps": reps, "seconds": seconds, "omit": omit,
                    "mem_mb": args.mem, "quick": args.quick, "paths": paths,
-                   "small_write": args.small_write, "blast_batch": BLAST_BATCH},
+                   "small_write": args.small_write, "blast_batch": BLAST_BATCH,
+                   "nodelay": args.nodelay},
         "goodput": {str(m): {p: {str(s): [] for s in sizes} for p in kernel_paths} for m in mtus},
         "blast": {str(m): {p: [] for p in kernel_paths} for m in mtus},
         "pipe_limit": {},
@@ -450,7 +453,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="stdpkt-goodput-"))
     try:
         (work / "rx.sh").write_text(receiver_script(blast))
-        (work / "tx.sh").write_text(sender_script(sizes, seconds, omit, blast, args.small_write))
+        (work / "tx.sh").write_text(sender_script(sizes, seconds, omit, blast, args.small_write,
+                                                      args.nodelay))
         with tqdm(total=total, desc="goodput", unit="run") as bar:
             if "limit" in paths:
                 for mtu in mtus:

@@ -37,9 +37,10 @@ echo "{MARK}BLAST $out"
 
 
 def sender_script(sizes: list[int], seconds: float, omit: int, blast: str | None = None,
-                  small: int = 1024) -> str:
+                  small: int = 1024, nodelay: bool = False) -> str:
     """The sweep, run inside the sending instance: one iperf3 -J per write size, then
-    one stdpkt-blast run with ``small``-byte writes."""
+    one stdpkt-blast run with ``small``-byte writes.  ``nodelay``: iperf3 -N (no Nagle)."""
+    n_flag = " -N" if nodelay else ""
     server = RX_ADDR.split("/")[0]
     return f"""#!/bin/sh
 # goodput bench: one iperf3 run per write size; results between markers on the console
@@ -50,7 +51,7 @@ done
 for size in {' '.join(map(str, sizes))}; do
     n=0
     while :; do
-        out=$(iperf3 -c {server} -t {seconds:g} -O {omit} -i 0 -l $size -J 2>&1)
+        out=$(iperf3 -c {server} -t {seconds:g} -O {omit} -i 0 -l $size{n_flag} -J 2>&1)
         case "$out" in *'"error"'*|"") ;; *) break ;; esac
         n=$((n + 1)); [ $n -ge 60 ] && break
         sleep 0.25  # the server is not up yet, or still closing the previous test
