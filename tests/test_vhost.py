@@ -146,6 +146,9 @@ def test_live_chain_on_vhost_ports_insert_and_steer() -> None:
         assert mon.vhost_ports(), "the inserted NF boots with the lab's kind of port"
         assert _iperf(lab, "client", "server", 1) > 1e7     # TSO frames through fw and mon
         assert lab["client"].vhost(0).stats.tx_gso > 10
+        # the re-wired pumps write into the inserted NF's queues and read from them
+        ms = [mon.vhost(i).stats for i in (0, 1)]
+        assert sum(m.rx_relayed for m in ms) > 1000 and sum(m.tx_relayed for m in ms) > 1000, ms
         lab.add("ids", kind="filter")
         rule = lab.steer(("client", "fw"), "tcp port 80", via=["ids"])
         assert "hello from server" in lab.exec("client", "wget -qO- -T 5 http://server/").stdout
