@@ -183,6 +183,33 @@ static void rx_discard(relay_vhost *v, ssize_t len, uint64_t room)
            len, (unsigned long long)room);
 }
 
+/* A frame of len bytes is in the chains gathered in rx_head/rx_room (its header's
+ * place at hdrp): write the header with the number of buffers it took and hand
+ * them back to the guest. */
+static void rx_give(relay_vhost *v, uint8_t *hdrp, vnet_hdr *h, uint32_t nchain, uint64_t len)
+{
+    vu_queue *q = &v->q[0];
+    uint64_t need = len + VU_NET_HDR, left = need;
+    uint16_t used = 0;
+    while (left && used < nchain) {
+        left -= left < v->rx_room[used] ? left : v->rx_room[used];
+        used++;
+    }
+    h->num_buffers = used;
+    memcpy(hdrp, h, VU_NET_HDR);
+    left = need;
+    for (uint16_t j = 0; j < used; j++) {
+        uint32_t take = left < v->rx_room[j] ? (uint32_t)left : v->rx_room[j];
+        left -= take;
+        vq_push(q, v->rx_head[j], take);
+    }
+    q->last_avail = (uint16_t)(q->last_avail + used);
+    if (h->gso_type != VNH_GSO_NONE)
+        vh_add(&v->st.rx_gso, 1);
+    vh_add(&v->st.rx_frames, 1);
+    vh_add(&v->st.rx_bytes, len);
+}
+
 void vh_do_rx(relay_vhost *v)
 {
     vu_queue *q = &v->q[0];
@@ -262,25 +289,7 @@ void vh_do_rx(relay_vhost *v)
             }
             vnet_hdr h;
             ol_rx_header(hdrp + VU_NET_HDR, iov[0].iov_len, (size_t)k, v->mtu, csum, tso, &h);
-            if (h.gso_type != VNH_GSO_NONE)
-                vh_add(&v->st.rx_gso, 1);
-            uint64_t left = (uint64_t)k + VU_NET_HDR;
-            uint16_t used = 0;
-            while (left && used < nchain) {
-                left -= left < room[used] ? left : room[used];
-                used++;
-            }
-            h.num_buffers = used;
-            memcpy(hdrp, &h, VU_NET_HDR);
-            left = (uint64_t)k + VU_NET_HDR;
-            for (uint16_t j = 0; j < used; j++) {
-                uint32_t take = left < room[j] ? (uint32_t)left : room[j];
-                left -= take;
-                vq_push(q, heads[j], take);
-            }
-            q->last_avail = (uint16_t)(q->last_avail + used);
-            vh_add(&v->st.rx_frames, 1);
-            vh_add(&v->st.rx_bytes, (uint64_t)k);
+            rx_give(v, hdrp, &h, nchain, (uint64_t)k);
             if (++frames % v->rx_signal == 0)
                 vq_signal(q);
         }
@@ -334,25 +343,7 @@ int vh_rx_put(relay_vhost *v, uint8_t *frame, uint32_t len)
         done += (uint32_t)k;
         off = 0;
     }
-    uint64_t left = need;
-    uint16_t used = 0;
-    while (left && used < nchain) {
-        left -= left < room[used] ? left : room[used];
-        used++;
-    }
-    h.num_buffers = used;
-    memcpy(hdrp, &h, VU_NET_HDR);
-    left = need;
-    for (uint16_t j = 0; j < used; j++) {
-        uint32_t take = left < room[j] ? (uint32_t)left : room[j];
-        left -= take;
-        vq_push(q, heads[j], take);
-    }
-    q->last_avail = (uint16_t)(q->last_avail + used);
-    if (h.gso_type != VNH_GSO_NONE)
-        vh_add(&v->st.rx_gso, 1);
-    vh_add(&v->st.rx_frames, 1);
-    vh_add(&v->st.rx_bytes, len);
+    rx_give(v, hdrp, &h, nchain, len);
     vh_add(&v->st.rx_relayed, 1);
     return 1;
 }
