@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -219,3 +220,23 @@ def test_vhost_queues_change_hands_when_a_guest_is_killed_and_restarted() -> Non
         after, vb = lab["a"].vhost(0).stats, lab["b"].vhost(0).stats
         assert after.tx_relayed > before.tx_relayed + 1000 and vb.rx_relayed > 1000
         assert after.tx_drops == 0, lab["a"].vhost(0).last_error
+
+
+@pytest.mark.uml
+def test_vhost_port_in_a_run_directory_longer_than_a_socket_path() -> None:
+    # a unix socket's path holds 107 bytes: the port binds through a descriptor of its
+    # directory and the kernel, started in its run directory, connects to a relative name
+    root = Path(f"/dev/shm/stdpkt-longpath-{os.getpid()}") / ("d" * 90)
+    root.mkdir(parents=True)
+    inst = Instance(InstanceSpec("vhlong", ports=(PortSpec(0, ipaddress.IPv4Interface("10.7.1.1/24"),
+                                                           vhost=True),)), run_root=root)
+    try:
+        assert len(str(root / "vhlong" / "vhost0.sock")) > 108
+        inst.start()
+        inst.wait_ready(60)
+        assert inst.vhost(0).stats.ready
+        assert "eth0" in inst.exec("ip -o link show eth0").stdout
+    finally:
+        inst.stop()
+        shutil.rmtree(root.parent)
+    assert not (root / "vhlong").exists()

@@ -413,7 +413,7 @@ class Instance:
                     self._vhost[port.index] = VhostPort(path, port.fd, mtu=port.mtu,
                                                         mac=port.mac or random_mac(),
                                                         offload=port.offload)
-                    ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=str(path)))
+                    ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=path.name))
                     self._host_ports.append(None)
                     continue
                 if port.fd is not None:  # the caller's socket: the kernel gets a duplicate
@@ -434,7 +434,7 @@ class Instance:
                                                             host_end=host_end)
                     finally:
                         guest_end.close()
-                    ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=str(path)))
+                    ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=path.name))
                     continue
                 guest_fds.append(guest_end.detach())
                 ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu, mac=port.mac))
@@ -480,6 +480,10 @@ class Instance:
                 start_new_session=True,
                 env=env,
                 close_fds=True,
+                # the kernel's working directory: vhost-user ports are named relative to
+                # it (a unix socket's path must stay under 108 bytes, the run directory's
+                # may not), and a core dump lands where the run directory's owner removes it
+                cwd=run_dir,
             )
             add_owner(run_dir, self._proc.pid)  # it removes run_dir if we are killed
         finally:

@@ -50,6 +50,9 @@ FEATURE_NAMES = {0: "csum", 1: "guest_csum", 3: "mtu", 5: "mac", 7: "guest_tso4"
                  28: "indirect_desc", 30: "protocol_features", 32: "version_1"}
 
 
+#: a unix socket's path holds fewer bytes (struct sockaddr_un's sun_path)
+_SUN_PATH = 108
+
 #: ``1``: every vhost port finishes its frames (plain frames on every pipe).
 FINISH_VARIABLE = "STDPKT_VHOST_FINISH"
 
@@ -105,15 +108,22 @@ class VhostPort:
         self._ring_key: tuple[int, int] | None = None
         macb = bytes(int(x, 16) for x in mac.split(":"))
         fd = data if isinstance(data, int) else data.fileno()
-        v = lib.relay_vhost_new(os.fsencode(str(self.path)), fd, mtu, macb, int(offload))
+        self._dirfd: int | None = None
+        bind_path = os.fsencode(str(self.path))
+        if len(bind_path) >= _SUN_PATH:  # bind through a descriptor of its directory
+            self._dirfd = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            bind_path = os.fsencode(f"/proc/self/fd/{self._dirfd}/{self.path.name}")
+        v = lib.relay_vhost_new(bind_path, fd, mtu, macb, int(offload))
         if v == ffi.NULL:
             err = ffi.errno
+            self._close_dir()
             raise InstanceError(f"vhost-user port at {self.path}: {os.strerror(err) if err else 'bad arguments'}")
         self._v = v
         rc = lib.relay_vhost_start(v)
         if rc < 0:
             lib.relay_vhost_free(v)
             self._v = None
+            self._close_dir()
             raise InstanceError(f"vhost-user port at {self.path}: cannot start its thread ({os.strerror(-rc)})")
         if os.environ.get(FINISH_VARIABLE) == "1":  # e.g. `stdpkt run` feeding a vector port
             self.set_finish(True)
@@ -178,6 +188,12 @@ class VhostPort:
             v, self._v = self._v, None
         if v is not None:
             self._lib.relay_vhost_free(v)
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        dirfd, self._dirfd = self._dirfd, None
+        if dirfd is not None:
+            os.close(dirfd)
 
     def __repr__(self) -> str:
         return f"VhostPort({str(self.path)!r}, mtu={self.mtu}, offload={self.offload})"

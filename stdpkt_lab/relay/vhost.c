@@ -209,10 +209,18 @@ static void *loop(void *arg)
         if (i_d >= 0 && (p[i_d].revents & (POLLHUP | POLLERR)) && !(p[i_d].revents & POLLIN))
             v->data_eof = 1;
         if (!v->tx_blocked) {
+            /* not under tx_lock: finishing may wait for room in the socket, which the
+             * relay drains only if it can take the lock; tx_busy keeps it from claiming */
             pthread_mutex_lock(&v->tx_lock);
-            if (v->tx_owner == NULL)
-                vh_do_tx(v);
+            int mine = v->tx_owner == NULL;
+            v->tx_busy = mine;
             pthread_mutex_unlock(&v->tx_lock);
+            if (mine) {
+                vh_do_tx(v);
+                pthread_mutex_lock(&v->tx_lock);
+                v->tx_busy = 0;
+                pthread_mutex_unlock(&v->tx_lock);
+            }
         }
         if (!v->rx_starved) {
             pthread_mutex_lock(&v->rx_lock);

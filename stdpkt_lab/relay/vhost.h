@@ -154,6 +154,7 @@ struct relay_vhost {
                                    * frames straight into it (vhost_ring.c); the protocol
                                    * takes both locks, tx_lock first */
     void *tx_owner;               /* the relay reading the transmit queue, or NULL */
+    int tx_busy;                  /* the port's thread is serving the queue (no claim) */
     uint32_t tx_gen;              /* bumped when the queues or memory may have changed */
     int closed;                   /* relay_vhost_free() ran: only the memory is left */
     int refs;                     /* atomic: the port's own reference and one per relay */

@@ -72,7 +72,8 @@ static void try_claim(relay *r)
 {
     relay_vhost *v = r->vh;
     pthread_mutex_lock(&v->tx_lock);
-    if (!v->closed && v->tx_owner == NULL && v->cfd >= 0 && !v->guest_gone && vh_ready(v) &&
+    if (!v->closed && v->tx_owner == NULL && !v->tx_busy && v->cfd >= 0 && !v->guest_gone &&
+        vh_ready(v) &&
         !__atomic_load_n(&v->finish, __ATOMIC_RELAXED)) {
         int k = fcntl(v->q[1].kick, F_DUPFD_CLOEXEC, 3);
         if (k >= 0) {
