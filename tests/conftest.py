@@ -27,7 +27,8 @@ os.environ["STDPKT_CONTROL_DIR"] = str(CONTROL_DIR)
 
 def pytest_configure(config: pytest.Config) -> None:
     for stale in Path("/dev/shm").glob("stdpkt-tests-*"):
-        pid = stale.name.rsplit("-", 1)[1]
+        # stdpkt-tests-PID and stdpkt-tests-PID-control (the latter was never swept)
+        pid = stale.name.removeprefix("stdpkt-tests-").removesuffix("-control")
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and stale.owner() == _me():
             shutil.rmtree(stale, ignore_errors=True)
     SESSION_RUNDIR.mkdir(exist_ok=True)
