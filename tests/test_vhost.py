@@ -86,7 +86,8 @@ def test_vhost_link_passes_tcp_with_super_frames_a_pcap_reader_reads(tmp_path: P
 @pytest.mark.uml
 def test_vhost_port_finishes_frames_for_a_vector_peer() -> None:
     g = sl.chain("a", "b")
-    g.nodes["a"]["ports"] = "vhost"                      # b keeps UML's vector driver
+    g.nodes["a"]["ports"] = "vhost"
+    g.nodes["b"]["ports"] = "vector"                     # b keeps UML's vector driver
     with sl.Lab(g, progress=False, trace_snap=64) as lab:
         assert lab["a"].vhost_ports() and not lab["b"].vhost_ports()
         bps = _iperf(lab, "a", "b")                     # the vector guest checks every checksum
