@@ -272,6 +272,11 @@ RUNNERS: dict[str, Callable[[Path, str, float, Collector], None]] = {
     # the socket the port's thread serves (STDPKT_VHOST_RING=0, relay/rings.py)
     "pipe+sock": functools.partial(run_pipe, env={"STDPKT_VHOST_RING": "0"}),
     "lab+sock": functools.partial(run_lab, env={"STDPKT_VHOST_RING": "0"}),
+    # the host scheduler places every kernel and guest process (STDPKT_CPUS=off; by
+    # default stdpkt_lab/engine/cpus.py pins each instance to one core)
+    "pipe+free": functools.partial(run_pipe, env={"STDPKT_CPUS": "off"}),
+    "lab+free": functools.partial(run_lab, env={"STDPKT_CPUS": "off"}),
+    "direct+free": functools.partial(run_direct, env={"STDPKT_CPUS": "off"}),
 }
 
 

@@ -379,9 +379,20 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     "pipe+vhost+2m": functools.partial(run_pipe, env={"STDPKT_TCP_BUFFERS": "2097152,2097152",
                                                       "STDPKT_PORTS": "vhost"}),
     "direct+vhost+kbuf": functools.partial(run_direct, vhost=True, env={"STDPKT_TCP_BUFFERS": "kernel"}),
+    # the host scheduler places every kernel and guest process (STDPKT_CPUS=off: how it was
+    # before stdpkt_lab/engine/cpus.py pinned each instance to a core of its own)
+    **{f"{p}+free": functools.partial(run, env={"STDPKT_CPUS": "off"})
+       for p, run in (("pipe", run_pipe), ("lab", run_relay), ("direct", run_direct))},
+    "pipe+vhost+free": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_CPUS": "off"}),
+    "lab+vhost+free": functools.partial(run_relay, vhost=True, env={"STDPKT_CPUS": "off"}),
+    "direct+vhost+free": functools.partial(run_direct, vhost=True, env={"STDPKT_CPUS": "off"}),
     # each `stdpkt run` (its kernel, guest processes and relays) on a core of its own
     "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
                                   rx_prefix=(str(_taskset), "-c", "1")),
+    # the same on vhost ports: each `stdpkt run`'s relays share the core of its kernel
+    "pipe+vhost+pin": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost"},
+                                        tx_prefix=(str(_taskset), "-c", "0"),
+                                        rx_prefix=(str(_taskset), "-c", "1")),
 }
 
 

@@ -3,7 +3,7 @@
  * cannot write the host filesystem.
  *
  *   stdpkt-launch [--rw DIR]... [--drop-to UID:GID] [--no-aslr] [--require-landlock]
- *                 [--parent PID] [--cleanup DIR] -- PROGRAM ARG...
+ *                 [--parent PID] [--cleanup DIR] [--cpu N [--cpu-lock FD]] -- PROGRAM ARG...
  *
  * UML's hostfs performs the guest's file operations with the kernel process's
  * own host credentials, so "ro" on the kernel command line protects nothing
@@ -24,6 +24,11 @@
  *     The kernel gets PR_SET_PDEATHSIG=SIGTERM, so a SIGKILLed launcher still
  *     takes it down (linux.uml runs in a session of its own: no group signal
  *     sent to the launcher reaches it).
+ *   - --cpu N: the kernel and every process it starts run on core N only
+ *     (stdpkt_lab/engine/cpus.py says why); --cpu-lock FD: the shared flock
+ *     that counts this instance on core N, held by this supervisor as long
+ *     as it lives and closed in the kernel.  A core that cannot be set is
+ *     reported and the kernel runs unpinned.
  *   - --no-aslr: personality(ADDR_NO_RANDOMIZE): linux.uml is PIE and wastes
  *     guest memory (or fails to boot with small mem=) at random addresses.
  *   - always, on hosts whose XSAVE area is not the 832 bytes UML 6.1 assumes
@@ -49,6 +54,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/personality.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -322,7 +328,7 @@ int main(int argc, char **argv) {
     char *rw[MAX_RW];
     const char *cleanup = NULL;
     int nrw = 0, no_aslr = 0, require_ll = 0, i;
-    long uid = -1, gid = -1, parent = -1;
+    long uid = -1, gid = -1, parent = -1, cpu = -1, cpu_lock = -1;
     for (i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--")) { i++; break; }
         else if (!strcmp(argv[i], "--rw") && i + 1 < argc && nrw < MAX_RW) rw[nrw++] = argv[++i];
@@ -330,6 +336,11 @@ int main(int argc, char **argv) {
             if (sscanf(argv[++i], "%ld:%ld", &uid, &gid) != 2) { fprintf(stderr, "stdpkt-launch: bad --drop-to %s\n", argv[i]); return 2; }
         } else if (!strcmp(argv[i], "--parent") && i + 1 < argc) parent = atol(argv[++i]);
         else if (!strcmp(argv[i], "--cleanup") && i + 1 < argc) cleanup = argv[++i];
+        else if (!strcmp(argv[i], "--cpu") && i + 1 < argc) {
+            char *end;
+            cpu = strtol(argv[++i], &end, 10);
+            if (*end || cpu < 0 || cpu >= CPU_SETSIZE) { fprintf(stderr, "stdpkt-launch: bad --cpu %s\n", argv[i]); return 2; }
+        } else if (!strcmp(argv[i], "--cpu-lock") && i + 1 < argc) cpu_lock = atol(argv[++i]);
         else if (!strcmp(argv[i], "--no-aslr")) no_aslr = 1;
         else if (!strcmp(argv[i], "--require-landlock")) require_ll = 1;
         else { fprintf(stderr, "stdpkt-launch: unknown option %s\n", argv[i]); return 2; }
@@ -362,6 +373,16 @@ int main(int argc, char **argv) {
         sigprocmask(SIG_SETMASK, &old, NULL);
         prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
         if (no_aslr && personality(ADDR_NO_RANDOMIZE) < 0) die("personality");
+        if (cpu_lock >= 0)
+            close((int)cpu_lock);   /* the supervisor holds it */
+        if (cpu >= 0) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET((int)cpu, &one);
+            if (sched_setaffinity(0, sizeof one, &one) < 0)
+                fprintf(stderr, "stdpkt-launch: cannot run on core %ld (%s): the kernel runs unpinned\n",
+                        cpu, strerror(errno));
+        }
         if (gid >= 0) {
             if (setgroups(0, NULL) < 0) die("setgroups");
             if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0) die("setresgid");

@@ -63,6 +63,10 @@ Variables (as in the stdpkt paper), n = 0..7:
                   receive, 4 MiB send) or kernel (what the kernel gives the guest's
                   memory: 0.9 MB at 128 MB, which caps a flow's window), or
                   RMEM,WMEM in bytes.
+  STDPKT_CPUS     auto (default: each instance's kernel and guest processes run
+                  on one core, the least used on this machine, so the `stdpkt run`s
+                  of a pipeline spread over the cores), off (the host scheduler
+                  places them), or a list of cores such as 0,2-3.
 
 SCRIPT runs as root inside the instance (its own kernel: iptables, ip, sysctl,
 conntrack, ipvsadm work; modules load on demand; `iptables` is the legacy
@@ -91,6 +95,7 @@ def _default_name(script: Path) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .conditions import conditions_from_env
+    from .engine.cpus import join_core
     from .engine.instance import Instance
     from .engine.pipes import PipePort, StdStreams
     from .engine.streams import StreamPort, link_token
@@ -133,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     control = None
     try:
         instance.start()
+        join_core(instance.cpu)  # the relays beside their kernel (engine/cpus.py)
         for ends in config.pipes:
             port = PipePort(ends, instance.port(ends.index), streams=streams, on_end=on_end,
                             ledger=instance.run_dir)

@@ -134,7 +134,14 @@ def test_a_killed_scheduler_leaves_nothing_on_its_workers(base: Path, tmp_path: 
                 client.close(timeout=5)
             except Exception:  # noqa: BLE001 - the scheduler is gone
                 pass
+        # SIGTERM first: a nanny SIGKILLed with its resource tracker leaves its
+        # multiprocessing semaphores (/dev/shm/sem.mp-*) behind
         for proc in procs:
             if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+                proc.wait(10)

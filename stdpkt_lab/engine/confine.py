@@ -53,9 +53,16 @@ class Confinement:
     uid: int = -1
     gid: int = -1
 
-    def launcher_argv(self, run_dir: Path, *, parent_pid: int) -> list[str]:
+    def launcher_argv(self, run_dir: Path, *, parent_pid: int, cpu: int | None = None,
+                      cpu_lock: int = -1) -> list[str]:
+        """``cpu``: the core the kernel and its processes run on (engine/cpus.py);
+        ``cpu_lock``: the descriptor of its shared lock, passed to the launcher."""
         argv = [helper("stdpkt-launch"), "--no-aslr", "--parent", str(parent_pid),
                 "--cleanup", str(run_dir)]
+        if cpu is not None:
+            argv += ["--cpu", str(cpu)]
+            if cpu_lock >= 0:
+                argv += ["--cpu-lock", str(cpu_lock)]
         if self.mode == "landlock":
             argv += ["--require-landlock", "--rw", str(run_dir)]
         elif self.mode == "uid":

@@ -45,6 +45,7 @@ from ..errors import BootError, ConfigError, EnvironmentProblem, InstanceDied, S
 from . import bootprofile, quota
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
+from .cpus import claim_core
 from .ipv6 import ipv6_setup
 from .mconsole import MConsole
 from .ownership import add_owner, create_owned_subdir, kill_marked, remove_run_dir
@@ -123,6 +124,8 @@ class Instance:
         self.boot_seconds: float | None = None
         self._quota: quota.Claim | None = None  # per-user cap (engine/quota.py)
         self._boot_ipv6 = spec.ipv6  # what the kernel command line set (a pooled one keeps it)
+        #: the core this instance's kernel and guest processes run on (None: not pinned)
+        self.cpu: int | None = None
 
     # ---------------------------------------------------------------- properties
     @property
@@ -467,7 +470,16 @@ class Instance:
                 extra=[f"STDPKT_CONF={conf}"],
                 ipv6=spec.ipv6,
             )
-            argv = [*confinement.launcher_argv(run_dir, parent_pid=os.getpid()), kernel_binary(), *args]
+            core = claim_core()  # one core for the kernel and its processes (engine/cpus.py)
+            cpu_lock = -1
+            if core is not None:
+                self.cpu = core.cpu
+                cpu_lock, core.fd = core.fd, -1
+                if cpu_lock >= 0:
+                    guest_fds.append(cpu_lock)  # the launcher holds it; ours is closed below
+            argv = [*confinement.launcher_argv(run_dir, parent_pid=os.getpid(), cpu=self.cpu,
+                                               cpu_lock=cpu_lock),
+                    kernel_binary(), *args]
             env = {k: v for k, v in os.environ.items() if not k.startswith(("IF", "IP", "NETMASK"))}
             env["TMPDIR"] = str(run_dir)
             self.boot_started = time.monotonic()

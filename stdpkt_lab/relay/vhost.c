@@ -237,8 +237,14 @@ relay_vhost *relay_vhost_new(const char *path, int data_fd, uint32_t mtu, const 
                              int offload)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    if (path == NULL || strlen(path) >= sizeof sa.sun_path || mtu < 68 || mtu > 65535)
+    if (path == NULL || mtu < 68 || mtu > 65535) {
+        errno = EINVAL;
         return NULL;
+    }
+    if (strlen(path) >= sizeof sa.sun_path) {
+        errno = ENAMETOOLONG;   /* the caller binds through /proc/self/fd/N/name */
+        return NULL;
+    }
     relay_vhost *v = calloc(1, sizeof *v);
     if (!v)
         return NULL;
