@@ -149,3 +149,31 @@ def test_the_stdpkt_runs_of_a_pipeline_take_different_cores(stdpkt_bin: str, tmp
         assert len(cores) == 2 and all(len(c) == 1 for c in cores.values()), cores
         assert cores["tx"] != cores["rx"], cores
         assert pipeline.wait(60)[0] == 0, pipeline.all_stderr()  # the ping passed
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs two cores")
+def test_locks_held_by_someone_else_never_hang_a_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any user may flock these sysfs directories: a claim then goes on without them."""
+    import fcntl
+
+    monkeypatch.setattr(cpus, "_EXCLUSIVE_WAIT", 0.2)
+    monkeypatch.setenv(cpus.CPUS_VARIABLE, "auto")
+    paths = ["/sys/devices/system/cpu", *(f"/sys/devices/system/cpu/cpu{c}" for c in cpus.allowed_cores())]
+    child = os.fork()
+    if child == 0:  # another process holds everything exclusively
+        for path in paths:
+            fcntl.flock(os.open(path, os.O_RDONLY | os.O_DIRECTORY), fcntl.LOCK_EX)
+        time.sleep(30)
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while (Path("/proc/locks").read_text().count(f"WRITE {child} ") < len(paths)
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        claim = cpus.claim_core()
+        assert time.monotonic() - t0 < 2
+        assert claim is not None and claim.fd == -1 and claim.cpu in cpus.allowed_cores()
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from ..errors import VariableError
@@ -38,6 +39,7 @@ __all__ = ["CPUS_VARIABLE", "CoreClaim", "allowed_cores", "claim_core", "cores_i
 CPUS_VARIABLE = "STDPKT_CPUS"
 _SYSFS = "/sys/devices/system/cpu"
 _LOCKS = "/proc/locks"
+_EXCLUSIVE_WAIT = 1.0  # seconds
 _local_lock = threading.Lock()
 _local_counts: dict[int, int] = {}  # when flock or /proc/locks is unavailable
 
@@ -142,12 +144,23 @@ def claim_core() -> CoreClaim | None:
 def _claim_machine_wide(cores: list[int]) -> CoreClaim:
     top = os.open(_SYSFS, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.flock(top, fcntl.LOCK_EX)
+        # Never wait long: any user of the machine can take these locks, and one who
+        # holds them must not hang everybody's boots. Past the deadline the choice is
+        # made without the exclusive lock (two concurrent starts may then share a core).
+        deadline = time.monotonic() + _EXCLUSIVE_WAIT
+        while True:
+            try:
+                fcntl.flock(top, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.002)
         used = cores_in_use()
         cpu = min(cores, key=lambda c: (used.get(c, 0), c))
         fd = os.open(f"{_SYSFS}/cpu{cpu}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # held exclusively by someone: fall back
         except OSError:
             os.close(fd)
             raise
