@@ -69,6 +69,15 @@ def uml_pids() -> set[int]:
     return pids
 
 
+def files_under(base: Path) -> list[Path]:
+    """Everything below ``base``, sorted; what is removed while it walks is skipped
+    (a launcher may be removing its run directory right then)."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(base, onerror=lambda _err: None):
+        found += [Path(root) / name for name in dirs + files]
+    return sorted(found)
+
+
 def run_dirs() -> set[str]:
     return {str(p) for p in SESSION_RUNDIR.iterdir()}
 

@@ -26,7 +26,7 @@ import stdpkt_lab as sl
 from stdpkt_lab.engine.ownership import marked_processes
 from stdpkt_lab.errors import StateError
 
-from .conftest import REPO, SESSION_RUNDIR
+from .conftest import REPO, SESSION_RUNDIR, files_under
 
 pytestmark = pytest.mark.uml
 
@@ -51,7 +51,7 @@ def base() -> Iterator[Path]:
 
 def leftovers(base: Path, tmpdir: Path) -> list[str]:
     found = [f"process {pid}" for pid in marked_processes(base)]
-    found += [f"file {p}" for p in sorted(base.rglob("*"))]
+    found += [f"file {p}" for p in files_under(base)]
     found += [f"tmp {p}" for p in sorted(tmpdir.glob("stdpkt-*"))]
     return found
 

@@ -33,7 +33,7 @@ import pytest
 
 from stdpkt_lab.engine.ownership import marked_processes
 
-from .conftest import SESSION_RUNDIR
+from .conftest import SESSION_RUNDIR, files_under
 
 #: Seconds within which everything of a killed run must be gone (the launcher stops
 #: the kernel with SIGTERM, SIGKILLs what is left after 3 s, then removes files).
@@ -65,7 +65,7 @@ def base(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 def leftovers(base: Path, fifos: list[Path] = ()) -> list[str]:  # type: ignore[assignment]
     found = [f"process {pid} {_comm(pid)}" for pid in marked_processes(base)]
-    found += [f"file {p}" for p in sorted(base.rglob("*"))]
+    found += [f"file {p}" for p in files_under(base)]
     found += [f"fifo {f}" for f in fifos if f.exists()]
     return found
 
