@@ -416,6 +416,19 @@ def test_timeout_kills_the_process_group_and_agent_keeps_serving(guest: Guest) -
     assert guest.agent.ping() < 1.0
 
 
+@needs_uml
+@pytest.mark.uml
+def test_a_slow_reply_nudges_the_channel_and_still_arrives(guest: Guest) -> None:
+    """Every 2 s of silence a ping goes out (a missed epoll edge in UML's line driver
+    would otherwise leave a request unread); the reply and the channel are unaffected."""
+    before = guest.agent.nudges
+    result = guest.agent.exec("sleep 4.5; echo done", timeout=20)
+    assert (result.stdout, result.returncode) == ("done\n", 0)
+    assert guest.agent.nudges - before >= 2
+    assert guest.agent.exec(["echo", "next"]).stdout == "next\n"
+    assert guest.agent.ping() < 1.0
+
+
 # ---------------------------------------------------------------- files
 
 

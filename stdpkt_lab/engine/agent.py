@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from stdpkt_lab.errors import ExecError, ExecTimeout, InstanceDied, InstanceError, StateError
+from stdpkt_lab.errors import ExecError, ExecTimeout, InstanceDied, InstanceError, StateError, StdpktError
 
 __all__ = ["AGENT_HELLO", "AgentClient", "ExecResult"]
 
@@ -47,6 +47,7 @@ _CHUNK = 1 << 16
 # Bytes sent but not yet acknowledged by the agent. UML's console never resumes
 # input once n_tty's 4 KiB buffer has throttled it: stay well below that.
 _WINDOW = 3072
+_NUDGE_AFTER = 2.0  # seconds without a reply before a ping nudges the channel (AgentClient._await)
 _STDERR_TAIL = 800
 
 
@@ -175,6 +176,7 @@ class AgentClient:
         self._acks = threading.Condition(self._lock)  # notified when _acked grows
         self._sent = 0  # bytes written to the guest
         self._acked = 0  # bytes the agent has read (its ACK frames)
+        self.nudges = 0  # pings sent because a reply was slow (see _await)
         self._write_lock = threading.Lock()  # keeps request frames whole
         self._calls: dict[int, _Call] = {}
         self._ids = itertools.count()
@@ -298,11 +300,12 @@ class AgentClient:
         )
         start = time.monotonic()
         call_id, call = self._submit(ord("E"), payload, timeout, shown)
-        if not call.event.wait(timeout):
+        if not self._await(call, timeout):
             self._abandon(call_id)
             self._send_kill(call_id)
             raise ExecTimeout(
-                f"command {shown} did not finish within {timeout:g} s (killed)", name=self.name
+                f"command {shown} did not finish within {timeout:g} s (killed; "
+                f"{self.nudges} nudge(s) sent on this channel so far)", name=self.name
             )
         duration = time.monotonic() - start
         with self._parse(call, ord("e"), shown) as reply:
@@ -366,10 +369,38 @@ class AgentClient:
     def _call(self, frame_type: int, payload: bytes, timeout: float | None, shown: str) -> _Call:
         """Send a request that has no side effects and wait for its reply."""
         call_id, call = self._submit(frame_type, payload, timeout, shown)
-        if not call.event.wait(timeout):
+        if not self._await(call, timeout):
             self._abandon(call_id)
             raise ExecTimeout(f"{shown}: no answer within {timeout:g} s", name=self.name)
         return call
+
+    def _await(self, call: _Call, timeout: float | None) -> bool:
+        """Wait for ``call``'s reply; after each ``_NUDGE_AFTER`` s of silence send a ping.
+
+        UML's line driver learns of input (and of room for output) from edge-triggered
+        epoll events; should one edge be missed, a request would wait unread until the
+        channel's next write.  The ping is that write; its reply is dropped.  ``nudges``
+        counts them (an ExecTimeout message names how many were sent).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return call.event.is_set()
+            if call.event.wait(_NUDGE_AFTER if left is None else min(_NUDGE_AFTER, left)):
+                return True
+            self._nudge()
+
+    def _nudge(self) -> None:
+        with self._lock:
+            if self._failure is not None or _WINDOW - (self._sent - self._acked) < 64:
+                return  # a full window is another matter: the agent is not reading at all
+            self.nudges += 1
+        try:
+            call_id, _ = self._submit(ord("P"), b"", 0.5, "nudge")
+        except StdpktError:
+            return
+        self._abandon(call_id)
 
     def _submit(
         self, frame_type: int, payload: bytes, timeout: float | None, shown: str
