@@ -272,8 +272,11 @@ RUNNERS: dict[str, Callable[[Path, str, float, Collector], None]] = {
     # the socket the port's thread serves (STDPKT_VHOST_RING=0, relay/rings.py)
     "pipe+sock": functools.partial(run_pipe, env={"STDPKT_VHOST_RING": "0"}),
     "lab+sock": functools.partial(run_lab, env={"STDPKT_VHOST_RING": "0"}),
-    # the host scheduler places every kernel and guest process (STDPKT_CPUS=off; by
-    # default stdpkt_lab/engine/cpus.py pins each instance to one core)
+    # each instance on one core (STDPKT_CPUS=auto, stdpkt_lab/engine/cpus.py; opt-in),
+    # or explicitly left to the host scheduler (STDPKT_CPUS=off, the default)
+    "pipe+cores": functools.partial(run_pipe, env={"STDPKT_CPUS": "auto"}),
+    "lab+cores": functools.partial(run_lab, env={"STDPKT_CPUS": "auto"}),
+    "direct+cores": functools.partial(run_direct, env={"STDPKT_CPUS": "auto"}),
     "pipe+free": functools.partial(run_pipe, env={"STDPKT_CPUS": "off"}),
     "lab+free": functools.partial(run_lab, env={"STDPKT_CPUS": "off"}),
     "direct+free": functools.partial(run_direct, env={"STDPKT_CPUS": "off"}),

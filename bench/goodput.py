@@ -383,6 +383,13 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     # before stdpkt_lab/engine/cpus.py pinned each instance to a core of its own)
     **{f"{p}+free": functools.partial(run, env={"STDPKT_CPUS": "off"})
        for p, run in (("pipe", run_pipe), ("lab", run_relay), ("direct", run_direct))},
+    # each instance on a core of its own (STDPKT_CPUS=auto; the default when
+    # goodput-pinned.json was measured, opt-in since: README)
+    **{f"{p}+cores": functools.partial(run, env={"STDPKT_CPUS": "auto"})
+       for p, run in (("pipe", run_pipe), ("lab", run_relay), ("direct", run_direct))},
+    "pipe+vhost+cores": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_CPUS": "auto"}),
+    "lab+vhost+cores": functools.partial(run_relay, vhost=True, env={"STDPKT_CPUS": "auto"}),
+    "direct+vhost+cores": functools.partial(run_direct, vhost=True, env={"STDPKT_CPUS": "auto"}),
     "pipe+vhost+free": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_CPUS": "off"}),
     "lab+vhost+free": functools.partial(run_relay, vhost=True, env={"STDPKT_CPUS": "off"}),
     "direct+vhost+free": functools.partial(run_direct, vhost=True, env={"STDPKT_CPUS": "off"}),
@@ -390,7 +397,7 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     "pipe+pin": functools.partial(run_pipe, tx_prefix=(str(_taskset), "-c", "0"),
                                   rx_prefix=(str(_taskset), "-c", "1")),
     # the same on vhost ports: each `stdpkt run`'s relays share the core of its kernel
-    "pipe+vhost+pin": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost"},
+    "pipe+vhost+pin": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_CPUS": "auto"},
                                         tx_prefix=(str(_taskset), "-c", "0"),
                                         rx_prefix=(str(_taskset), "-c", "1")),
 }

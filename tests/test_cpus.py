@@ -90,7 +90,8 @@ def test_claims_are_counted_machine_wide_and_spread(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.skipif(not TWO_CORES, reason="needs two cores")
-def test_every_process_of_an_instance_runs_on_its_core() -> None:
+def test_every_process_of_an_instance_runs_on_its_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpus.CPUS_VARIABLE, "auto")
     before = cpus.cores_in_use()
     g = nx.Graph()
     g.add_node("a", kind="host")
@@ -109,8 +110,13 @@ def test_every_process_of_an_instance_runs_on_its_core() -> None:
     assert cpus.cores_in_use() == before  # the launchers held the locks, and they are gone
 
 
-def test_off_leaves_placement_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cpus.CPUS_VARIABLE, "off")
+@pytest.mark.parametrize("value", ["off", None])
+def test_off_leaves_placement_to_the_host(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    """``off`` (and, for now, the default) pins nothing."""
+    if value is None:
+        monkeypatch.delenv(cpus.CPUS_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(cpus.CPUS_VARIABLE, value)
     g = nx.Graph()
     g.add_node("a", kind="host")
     with sl.Lab(g, progress=False) as lab:
@@ -127,9 +133,9 @@ def test_the_stdpkt_runs_of_a_pipeline_take_different_cores(stdpkt_bin: str, tmp
     (tmp_path / "rx.sh").write_text("true\n")
     stages = [
         Stage("tx", [stdpkt_bin, "run", "--oneshot", "--name", "cpu-tx", str(tmp_path / "tx.sh")],
-              {"IF0": "back|/dev/stdout", "IP0": "10.0.0.1"}),
+              {"IF0": "back|/dev/stdout", "IP0": "10.0.0.1", "STDPKT_CPUS": "auto"}),
         Stage("rx", [stdpkt_bin, "run", "--name", "cpu-rx", str(tmp_path / "rx.sh")],
-              {"IF0": "/dev/stdin|back", "IP0": "10.0.0.2"}),
+              {"IF0": "/dev/stdin|back", "IP0": "10.0.0.2", "STDPKT_CPUS": "auto"}),
     ]
     with Pipeline(stages, tmp_path) as pipeline:
         deadline = time.monotonic() + 60
