@@ -472,8 +472,8 @@ class Instance:
             )
             core = claim_core()  # one core for the kernel and its processes (engine/cpus.py)
             cpu_lock = -1
+            self.cpu = None if core is None else core.cpu  # a restart chooses again
             if core is not None:
-                self.cpu = core.cpu
                 cpu_lock, core.fd = core.fd, -1
                 if cpu_lock >= 0:
                     guest_fds.append(cpu_lock)  # the launcher holds it; ours is closed below
