@@ -297,7 +297,14 @@ def test_live_changes_keep_the_instance_and_the_tcp_connection() -> None:
         rates = [i["sum"]["bits_per_second"] / 1e6 for i in report["intervals"]]
         assert len(rates) >= 8, out[-1500:]
         assert max(rates[:2]) > 30, rates  # before the cap
-        assert max(rates[4:]) <= 12, rates  # well after it (10 Mbit/s + one burst)
+        # Well after the cap: its rate over those seconds, not any one second.  iperf3 counts
+        # what the socket accepted in each second, and one second can take two seconds'
+        # worth when a window opens late (a CI run saw 7.8, 7.8, 15.6, 7.8, 7.8).
+        after = report["intervals"][4:]
+        bits = sum(i["sum"]["bytes"] * 8 for i in after)
+        seconds = sum(i["sum"]["seconds"] for i in after)
+        assert bits / seconds / 1e6 <= 11, rates  # 10 Mbit/s and one burst
+        assert max(rates[4:]) <= 25, rates  # no second near the uncapped rate
         assert {n: lab[n].pid for n in lab} == pids
         assert time.monotonic() - changed_at < 60
         rtts = _ping_rtts(lab, 5)
