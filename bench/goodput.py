@@ -20,6 +20,10 @@ Paths, measured in the same run and interleaved repetition by repetition:
 * ``limit``  measured for every MTU unless ``--no-limit`` (the pipe's ceiling,
   no kernels).
 
+Every path's ports are of the default kind (``$STDPKT_PORTS``, else vhost:
+virtio-net with offload); ``+vector`` paths (``pipe+vector``, ``lab+vector``,
+``direct+vector``) take UML's vector driver, the default before.
+
 iperf3 runs inside the instances (``-l`` = write size; the iperf3 server reads
 with the same size). Goodput is iperf3's receiver-side figure.  After the
 iperf3 sweep every session also runs ``stdpkt-blast`` (lkl/blast.c) with
@@ -72,7 +76,7 @@ except ImportError:  # run from a checkout without installing
 from tqdm.auto import tqdm  # noqa: E402
 
 from stdpkt_lab.engine.instance import Instance, grow_socket_buffers  # noqa: E402
-from stdpkt_lab.engine.spec import InstanceSpec, PortSpec  # noqa: E402
+from stdpkt_lab.engine.spec import InstanceSpec, PortSpec, port_kind  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from goodput_guest import (  # noqa: E402
@@ -175,12 +179,18 @@ def _environ(env: dict[str, str] | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _default_vhost(vhost: bool | None) -> bool:
+    """``vhost`` as given, else what the default port kind (``$STDPKT_PORTS``) is."""
+    return port_kind(None)[0] if vhost is None else vhost
+
+
 def run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
-               vhost: bool = False, env: dict[str, str] | None = None) -> None:
+               vhost: bool | None = None, env: dict[str, str] | None = None) -> None:
     """The same two instances joined by one SOCK_SEQPACKET socketpair: no relay at all.
-    ``vhost``: virtio-net ports whose two back ends share the socketpair."""
+    ``vhost``: virtio-net ports whose two back ends share the socketpair (None: the
+    default port kind)."""
     with _environ(env):
-        _run_direct(work, mtu, mem, collector, timeout, vhost=vhost)
+        _run_direct(work, mtu, mem, collector, timeout, vhost=_default_vhost(vhost))
 
 
 def _run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
@@ -214,9 +224,11 @@ def _run_direct(work: Path, mtu: int, mem: int, collector: Collector, timeout: f
 
 
 def run_relay(work: Path, mtu: int, mem: int, collector: Collector, timeout: float, *,
-              env: dict[str, str] | None = None, vhost: bool = False) -> None:
+              env: dict[str, str] | None = None, vhost: bool | None = None) -> None:
     """Diagnostic: the two instances joined by one in-process C relay (a Link: one pump per
     direction, no pipe), to split the pipe path's cost between relaying and the pipe hop."""
+    with _environ(env):
+        vhost = _default_vhost(vhost)
     tag = f"{os.getpid()}-{mtu}"
     rx = Instance(InstanceSpec(f"gr-rx-{tag}", mem_mb=mem, script=work / "rx.sh",
                                ports=(PortSpec(0, ipaddress.IPv4Interface(RX_ADDR), mtu, vhost=vhost),)))
@@ -349,6 +361,13 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     "pipe+batch64": functools.partial(run_pipe, env=BATCH64),
     "lab+batch64": functools.partial(run_relay, env=BATCH64),
     "lab+1thread": functools.partial(run_relay, env={"STDPKT_LINK_THREADS": "one"}),
+    # UML's vector driver (STDPKT_PORTS=vector; the default port kind until vhost took over)
+    "pipe+vector": functools.partial(run_pipe, env={"STDPKT_PORTS": "vector"}),
+    "lab+vector": functools.partial(run_relay, vhost=False),
+    "direct+vector": functools.partial(run_direct, vhost=False),
+    **{f"{p}+vector+cores": functools.partial(run, vhost=False, env={"STDPKT_CPUS": "auto"})
+       for p, run in (("lab", run_relay), ("direct", run_direct))},
+    "pipe+vector+cores": functools.partial(run_pipe, env={"STDPKT_PORTS": "vector", "STDPKT_CPUS": "auto"}),
     # virtio-net over vhost-user with checksum offload and TSO (stdpkt_lab/engine/vhost.py)
     "pipe+vhost": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost"}),
     "lab+vhost": functools.partial(run_relay, vhost=True),

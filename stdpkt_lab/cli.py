@@ -50,12 +50,12 @@ Variables (as in the stdpkt paper), n = 0..7:
   DELAYn, JITTERn, LOSSn, RATEn   link conditions on what leaves eth<n> (netem/tbf
                   in the instance): DELAY0=20ms JITTER0=2ms LOSS0=1% (or 0.01) RATE0=50mbit;
                   also REORDERn, DUPLICATEn, CORRUPTn (probabilities), LIMITn (frames).
-  STDPKT_PORTS    vector (default: UML's vector driver), vhost (virtio-net over
-                  vhost-user with checksum offload and TSO: TCP super-frames of up
-                  to 64 KiB cross the pipes whole, their TCP checksum holds only
-                  the pseudo-header sum, as captures on a host with offload show;
-                  the far end must be a vhost port too), or vhost-plain (virtio-net,
-                  plain frames). STDPKT_VHOST_FINISH=1 makes vhost ports send plain
+  STDPKT_PORTS    vhost (default: virtio-net over vhost-user with checksum
+                  offload and TSO: TCP super-frames of up to 64 KiB cross the
+                  pipes whole, their TCP checksum holds only the pseudo-header sum,
+                  as captures on a host with offload show; the far end must be a
+                  vhost port too), vector (UML's vector driver, plain frames), or
+                  vhost-plain (virtio-net, plain frames). STDPKT_VHOST_FINISH=1 makes vhost ports send plain
                   frames (checksums done, super-frames cut) to any peer. The relays read
                   and write a vhost port's queues themselves (STDPKT_VHOST_RING=0:
                   through the port's socket, as before).

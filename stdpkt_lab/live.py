@@ -55,6 +55,7 @@ from .describe.rewire import (
 )
 from .engine.instance import Instance
 from .engine.links import Link
+from .engine.spec import default_port_kind
 from .errors import BootError, ChainError, StateError, StdpktError
 
 if TYPE_CHECKING:
@@ -101,15 +102,21 @@ class LiveChains:
         self.steering = Steering(self)
 
     # ------------------------------------------------------------ warm pool
-    def warm(self, size: int = 1, *, ports: int = 2, mem_mb: int = 128) -> InstancePool:
+    def warm(self, size: int = 1, *, ports: int = 2, mem_mb: int = 128,
+             port_kind: str | None = None) -> InstancePool:
         """Keep ``size`` blank instances of ``ports`` ports booted for the next inserts
-        (a pooled NF is up in milliseconds); stopped with the lab."""
+        (a pooled NF is up in milliseconds); stopped with the lab.  Their port kind is
+        ``port_kind``, else the lab graph's ``ports=`` attribute, else ``$STDPKT_PORTS``
+        or the default: an insert whose ports are of another kind boots cold."""
         from .engine.pool import InstancePool
 
         with self._lock:
             if self._pool is not None:
                 self._pool.stop()
-            self._pool = InstancePool(size, ports=ports, mem_mb=mem_mb).start()
+            if port_kind is None:  # what the lab's nodes get unless a node says otherwise
+                plan = getattr(self.lab, "plan", None)  # a worker's side of a lab has none
+                port_kind = (plan.graph.graph.get("ports") if plan is not None else None) or default_port_kind()
+            self._pool = InstancePool(size, ports=ports, mem_mb=mem_mb, port_kind=port_kind).start()
             return self._pool
 
     @property

@@ -148,6 +148,31 @@ def test_routing_insert_on_a_named_worker_renumbers_across_workers(cluster: Any)
         assert re.search(rf"^{re.escape(new_server)}\s+server\b", seen, re.M), seen
 
 
+def test_a_vector_port_on_another_worker_gets_plain_frames_from_a_vhost_port(cluster: Any) -> None:
+    """a (vhost, the default, with TSO) on worker 0, b (UML's vector driver) on worker 1: the
+    stream link between them must carry finished frames, or b drops every super-frame."""
+    n0, n1 = workers(cluster)
+    g = nx.Graph()
+    g.add_node("a", kind="host", host=n0)
+    g.add_node("b", kind="host", host=n1, ports="vector", serve=["iperf3"])
+    g.add_edge("a", "b")
+    with sl.Lab(g, cluster=cluster, progress=False) as lab:
+        assert rows(lab)[("a", "b")].kind == "tcp"
+        lab.exec("a", "iperf3 -s -D")
+
+        def iperf(client: str, server: str) -> dict[str, Any] | None:
+            got = lab.exec(client, f"iperf3 -c {server} -t 2 -J", timeout=60)
+            report = json.loads(got.stdout or "{}")
+            return report if got.returncode == 0 and "error" not in report else None
+
+        for client, server in (("a", "b"), ("b", "a")):
+            report = wait_for(lambda c=client, s=server: iperf(c, s), f"iperf3 {client} -> {server}", 60)
+            received = report["end"]["sum_received"]
+            assert received["bits_per_second"] > 5e7, (client, received)
+        offloads = lab.exec("a", "ethtool -k eth0").stdout
+        assert "tcp-segmentation-offload: on" in offloads, offloads  # a still hands over super-frames
+
+
 def test_insert_onto_a_worker_the_lab_did_not_use_yet(cluster: Any) -> None:
     n0, n1 = workers(cluster)
     g = nx.Graph()

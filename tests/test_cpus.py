@@ -142,7 +142,7 @@ def test_the_stdpkt_runs_of_a_pipeline_take_different_cores(stdpkt_bin: str, tmp
         cores: dict[str, set[int]] = {}
         while time.monotonic() < deadline and pipeline.procs[0].poll() is None:
             cores = {}
-            for stage, proc in zip(stages, pipeline.procs):
+            for stage, proc in zip(stages, pipeline.procs, strict=True):
                 # the stdpkt process's own threads (relays) and its kernel's
                 threads = {int(t): os.sched_getaffinity(int(t))
                            for t in os.listdir(f"/proc/{proc.pid}/task")}

@@ -83,6 +83,34 @@ def test_vhost_link_passes_tcp_with_super_frames_a_pcap_reader_reads(tmp_path: P
     assert t.returncode == 0, t.stderr
 
 
+def test_vhost_is_the_default_kind_and_a_pool_names_a_kind_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stdpkt_lab.engine.pool import InstancePool
+    from stdpkt_lab.engine.spec import DEFAULT_PORT_KIND, default_port_kind
+    from stdpkt_lab.errors import ConfigError
+
+    monkeypatch.delenv("STDPKT_PORTS", raising=False)
+    assert DEFAULT_PORT_KIND == default_port_kind() == "vhost"
+    assert port_kind(None) == (True, True)
+    cfg = parse_variables({"IF0": "a|b"}, name="x", script=None)  # stdpkt run's ports
+    assert cfg.spec.ports[0].vhost and cfg.spec.ports[0].offload
+    plan = sl.Lab(sl.chain("a", "b"), progress=False).plan  # a Lab's ports
+    assert all(p.vhost and p.offload for n in ("a", "b") for p in plan[n].spec.ports)
+    monkeypatch.setenv("STDPKT_PORTS", "vector")
+    assert default_port_kind() == "vector" and port_kind(None) == (False, True)
+    assert not parse_variables({"IF0": "a|b", "STDPKT_PORTS": "vector"}, name="x", script=None).spec.ports[0].vhost
+    assert not any(p.vhost for p in sl.Lab(sl.chain("a", "b"), progress=False).plan["a"].spec.ports)
+    assert not PortSpec(0).vhost  # a hand-made spec says what it is
+    # a pool's blank instances have one kind; a spec of another does not fit (nothing boots)
+    vector_spec = InstanceSpec("v", ports=(PortSpec(0),))
+    with pytest.raises(ConfigError, match="eth0 is a vector port, the pool's are vhost"):
+        InstancePool(1, port_kind="vhost").take(vector_spec)
+    plain_spec = InstanceSpec("p", ports=(PortSpec(0, vhost=True, offload=False),))
+    with pytest.raises(ConfigError, match="eth0 is a vhost-plain port, the pool's are vector"):
+        InstancePool(1).take(plain_spec)
+    with pytest.raises(ValueError, match="port_kind: unknown port kind 'fast'"):
+        InstancePool(1, port_kind="fast")
+
+
 @pytest.mark.uml
 def test_vhost_port_finishes_frames_for_a_vector_peer() -> None:
     g = sl.chain("a", "b")

@@ -38,7 +38,7 @@ from ..observe.traces import Journey, follow_packet, to_packets, write_pcap
 from .live import ClusterLiveOps, DistributedLive
 from .placement import WorkerInfo, place
 from .remote import STATE_FRESH_S, ClusterSampler, ClusterState, RemoteInstance
-from .wiring import Wiring
+from .wiring import Wiring, cross_offloads
 from .worker import LocalLinkSpec, WorkerSide
 
 __all__ = ["DistributedLab"]
@@ -246,8 +246,9 @@ class DistributedLab(StateTables, LinkConditions, ClusterLiveOps, Wiring):
         for f in [self._actors[a].set_plan(self.plan, self._registry, self.boot_timeout) for a in used]:
             f.result()
         for lp in cross:
-            host, port = self._actor(lp.a).listen(lp.a, lp.a_port, lp.b).result()
-            self._actor(lp.b).connect(lp.b, lp.b_port, lp.a, host, port).result()
+            oa, ob = cross_offloads(self._actor, lp)
+            host, port = self._actor(lp.a).listen(lp.a, lp.a_port, lp.b, ob).result()
+            self._actor(lp.b).connect(lp.b, lp.b_port, lp.a, host, port, oa).result()
         bar = tqdm(total=len(self.plan.nodes), desc="booting chain", unit="instance",
                    disable=not self.progress)
         try:

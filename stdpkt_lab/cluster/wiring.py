@@ -14,6 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from .placement import WorkerInfo, place
 
+
+def cross_offloads(actor: Any, lp: Any) -> tuple[bool, bool]:
+    """Whether each end of the cross-worker link ``lp`` sends offloaded frames (a vhost
+    port with offload), asked of the worker running it: each end then finishes its frames
+    unless the other takes them (what :class:`~stdpkt_lab.engine.links.Link` does locally)."""
+    fa = actor(lp.a).port_offloads(lp.a, lp.a_port)
+    fb = actor(lp.b).port_offloads(lp.b, lp.b_port)
+    return bool(fa.result(timeout=60)), bool(fb.result(timeout=60))
+
 if TYPE_CHECKING:
     from ..describe import ChainPlan, KindRegistry
     from .remote import RemoteInstance
@@ -71,8 +80,9 @@ class Wiring:
         if wa == wb:
             self._actors[wa].switch(plan, [], [(lp.a, lp.b)]).result(timeout=60)
             return
-        host, port = self._actor(lp.a).listen(lp.a, lp.a_port, lp.b).result(timeout=60)
-        self._actor(lp.b).connect(lp.b, lp.b_port, lp.a, host, port).result(timeout=60)
+        oa, ob = cross_offloads(self._actor, lp)
+        host, port = self._actor(lp.a).listen(lp.a, lp.a_port, lp.b, ob).result(timeout=60)
+        self._actor(lp.b).connect(lp.b, lp.b_port, lp.a, host, port, oa).result(timeout=60)
         if wait:  # relaying at both ends (a boot-time link instead connects while the guests boot)
             for end, other in ((lp.a, lp.b), (lp.b, lp.a)):
                 self._actor(end).wait_stream(end, other, 30.0).result(timeout=60)

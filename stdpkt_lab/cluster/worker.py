@@ -27,7 +27,7 @@ from typing import Any
 
 from ..engine.agent import ExecResult
 from ..engine.instance import Instance
-from ..engine.links import Link
+from ..engine.links import Link, _offload_port
 from ..engine.ownership import remove_run_dir
 from ..engine.paths import make_run_root
 from ..engine.spec import InstanceSpec
@@ -140,24 +140,35 @@ class WorkerSide(WorkerLive):
                 self._links.append(link)
                 link.start()
 
-    def listen(self, node: str, port: int, peer: str) -> tuple[str, int]:
-        """Serve ``node``'s ``port`` (toward ``peer``) on a TCP port of this worker's host."""
+    def port_offloads(self, node: str, port: int) -> bool:
+        """True if ``node``'s ``port`` is a vhost port sending offloaded frames (partial
+        checksums, TCP super-frames): its far end on another worker must take them."""
+        return _offload_port(self._instance(node), port) is not None
+
+    def listen(self, node: str, port: int, peer: str, peer_offload: bool = False) -> tuple[str, int]:
+        """Serve ``node``'s ``port`` (toward ``peer``) on a TCP port of this worker's host.
+        ``peer_offload``: the far port takes offloaded frames (else this port finishes its own)."""
         host = _worker_host()
         srv = listen_socket(host, 0)
         address = srv.getsockname()[:2]
-        self._stream(node, port, peer, StreamEnds(port, True, host, int(address[1])), srv)
+        self._stream(node, port, peer, StreamEnds(port, True, host, int(address[1])), srv, peer_offload)
         return str(address[0]), int(address[1])
 
-    def connect(self, node: str, port: int, peer: str, host: str, tcp_port: int) -> None:
+    def connect(self, node: str, port: int, peer: str, host: str, tcp_port: int,
+                peer_offload: bool = False) -> None:
         """Join ``node``'s ``port`` to a listening end on another worker."""
-        self._stream(node, port, peer, StreamEnds(port, False, host, tcp_port), None)
+        self._stream(node, port, peer, StreamEnds(port, False, host, tcp_port), None, peer_offload)
 
-    def _stream(self, node: str, port: int, peer: str, ends: StreamEnds, srv: Any) -> None:
+    def _stream(self, node: str, port: int, peer: str, ends: StreamEnds, srv: Any,
+                peer_offload: bool) -> None:
         with self._lock:
             if self._stopped:
                 raise StateError("this worker's part of the lab was stopped")
+            vport = _offload_port(self._instance(node), port)
+            if vport is not None:  # as Link does for two local ports (engine/links.py)
+                vport.set_finish(not peer_offload)
             slots, _snap = self._trace
-            sp = StreamPort(ends, self._instances[node].port(port), token=self._token,
+            sp = StreamPort(ends, self._instance(node).port(port), token=self._token,
                             on_end=lambda p, why: self.events.append((time.time(), f"{node}: {why}")),
                             trace_slots=slots, listener=srv, accept_timeout=120.0,
                             on_refused=lambda msg: self.events.append((time.time(), msg)))

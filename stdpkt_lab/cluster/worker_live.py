@@ -349,7 +349,8 @@ class WorkerLive:
         def work() -> int:
             with self._lock:
                 self._require_running()
-                self.live.warm(size, ports=ports, mem_mb=mem_mb)  # fills in the background
+                kind = self.plan.graph.graph.get("ports") if self.plan is not None else None
+                self.live.warm(size, ports=ports, mem_mb=mem_mb, port_kind=kind)  # fills in the background
                 return size
         return self._spawned(work)
 

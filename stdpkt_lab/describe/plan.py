@@ -63,7 +63,7 @@ NODE_ATTRIBUTES: dict[str, str] = {
     "mem_mb": "guest memory in MiB",
     "ipv6": "IPv6 on this node's interfaces (default off; the graph attribute ipv6=True sets it for all)",
     "env": "extra environment variables in the guest",
-    "ports": "port kind: vector (default), vhost (virtio-net with offload), vhost-plain; "
+    "ports": "port kind: vhost (default: virtio-net with offload), vector (UML's vector driver), vhost-plain; "
              "the graph attribute ports= or $STDPKT_PORTS sets it for all",
     "label": "ignored (drawing)",
     "pos": "ignored (drawing)",

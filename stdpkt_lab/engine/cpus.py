@@ -122,9 +122,9 @@ def cores_in_use() -> dict[int, int]:
             fields = line.split()
             # "1: FLOCK  ADVISORY  READ 2760 00:16:3591 0 EOF" (a blocked waiter has "->")
             if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "READ" and "->" not in fields:
-                cpu = keys.get(fields[5])
-                if cpu is not None:
-                    counts[cpu] += 1
+                holder = keys.get(fields[5])
+                if holder is not None:
+                    counts[holder] += 1
     return counts
 
 

@@ -50,7 +50,7 @@ from .ipv6 import ipv6_setup
 from .mconsole import MConsole
 from .ownership import add_owner, create_owned_subdir, kill_marked, remove_run_dir
 from .paths import helper, kernel_binary, lkl_dir, make_run_root
-from .spec import InstanceSpec, tcp_buffers
+from .spec import InstanceSpec, PortSpec, tcp_buffers
 from .vhost import VhostPort, random_mac
 
 if TYPE_CHECKING:
@@ -677,11 +677,20 @@ def _pool_mismatch(blank: InstanceSpec, spec: InstanceSpec) -> str:
             return f"{mine.device} has a fixed MAC (pooled ports got theirs at boot)"
         if mine.mtu != theirs.mtu:
             return f"{mine.device} MTU {mine.mtu}, the pool's is {theirs.mtu}"
+        if _kind_name(mine) != _kind_name(theirs):
+            return f"{mine.device} is a {_kind_name(mine)} port, the pool's are {_kind_name(theirs)}"
     if spec.mem_mb != blank.mem_mb:
         return f"mem_mb {spec.mem_mb}, the pool's is {blank.mem_mb}"
     if spec.agent != blank.agent:
         return "agent setting differs from the pool's"
     return ""
+
+
+def _kind_name(port: PortSpec) -> str:
+    """The port kind name (:data:`~stdpkt_lab.engine.spec.PORT_KINDS`) of ``port``."""
+    if not port.vhost:
+        return "vector"
+    return "vhost" if port.offload else "vhost-plain"
 
 
 def _copy_into(path: str, run_dir: Path) -> str:

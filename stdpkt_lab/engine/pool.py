@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from ..errors import ConfigError, StateError
 from .instance import Instance, _pool_mismatch
 from .spec import InstanceSpec, PortSpec
+from .spec import port_kind as spec_port_kind
 
 __all__ = ["InstancePool"]
 
@@ -35,7 +36,12 @@ _serial = itertools.count()
 
 
 class InstancePool:
-    """``size`` blank instances kept booted; :meth:`take` configures one."""
+    """``size`` blank instances kept booted; :meth:`take` configures one.
+
+    ``port_kind`` (``"vhost"``, ``"vector"``, ``"vhost-plain"``) is the kind of the blank
+    instances' ports; None keeps :class:`PortSpec`'s default, UML's vector driver.  A spec
+    whose ports are of another kind does not fit (:meth:`take` says so).
+    """
 
     def __init__(
         self,
@@ -46,12 +52,15 @@ class InstancePool:
         agent: bool = True,
         refill: bool = True,
         boot_timeout: float = 60.0,
+        port_kind: str | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("a pool holds at least one instance")
         mtus = [1500] * ports if isinstance(ports, int) else list(ports)
         self.size = size
-        self._ports = tuple(PortSpec(i, mtu=m) for i, m in enumerate(mtus))
+        # None: PortSpec's own default (UML's vector driver), as for any hand-made spec
+        vhost, offload = (False, True) if port_kind is None else spec_port_kind(port_kind, "port_kind")
+        self._ports = tuple(PortSpec(i, mtu=m, vhost=vhost, offload=offload) for i, m in enumerate(mtus))
         self._shape = InstanceSpec("shape", ports=self._ports, mem_mb=mem_mb, agent=agent)
         self._mem_mb = mem_mb
         self._agent = agent

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..errors import VariableError
 
-__all__ = ["PortSpec", "InstanceSpec", "MAX_PORTS", "MAX_MTU"]
+__all__ = ["PortSpec", "InstanceSpec", "MAX_PORTS", "MAX_MTU", "PORT_KINDS", "DEFAULT_PORT_KIND",
+           "default_port_kind", "port_kind"]
 
 MAX_PORTS = 8
 #: Largest MTU the UML vector driver accepts (65535 is silently ignored: uml-facts.md).
@@ -25,8 +26,11 @@ _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 #: virtio-net without offload (plain frames everywhere).
 PORT_KINDS: dict[str, tuple[bool, bool]] = {
     "vector": (False, True), "vhost": (True, True), "vhost-plain": (True, False)}
-#: The default kind of every port, for ``stdpkt run`` and a Lab alike.
+#: The variable that sets the kind of every port, for ``stdpkt run`` and a Lab alike.
 PORTS_VARIABLE = "STDPKT_PORTS"
+#: The kind when nothing sets one: virtio-net with offload (3.5x UML's vector driver
+#: at MTU 1500 through a Lab link; README, "Port kinds").
+DEFAULT_PORT_KIND = "vhost"
 
 
 #: TCP buffer maxima in the guest: ``host`` (default) gives every guest what Linux gives a
@@ -51,10 +55,16 @@ def tcp_buffers() -> str:
                                               f"or RMEM,WMEM in bytes, each {lo}..{hi})")
 
 
+def default_port_kind() -> str:
+    """The kind of a port nothing else names: ``$STDPKT_PORTS``, else :data:`DEFAULT_PORT_KIND`."""
+    return os.environ.get(PORTS_VARIABLE) or DEFAULT_PORT_KIND
+
+
 def port_kind(value: object | None, where: str = PORTS_VARIABLE) -> tuple[bool, bool]:
-    """``(vhost, offload)`` for a port kind name; None: ``$STDPKT_PORTS``, else vector."""
+    """``(vhost, offload)`` for a port kind name; None: ``$STDPKT_PORTS``, else
+    :data:`DEFAULT_PORT_KIND`."""
     if value is None:
-        value = os.environ.get(PORTS_VARIABLE) or "vector"
+        value = default_port_kind()
     if not isinstance(value, str) or value not in PORT_KINDS:
         raise ValueError(f"{where}: unknown port kind {value!r} (one of {', '.join(PORT_KINDS)})")
     return PORT_KINDS[value]

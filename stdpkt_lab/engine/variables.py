@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VariableError
-from .spec import MAX_MTU, MAX_PORTS, PORTS_VARIABLE, InstanceSpec, PortSpec, port_kind
+from .spec import DEFAULT_PORT_KIND, MAX_MTU, MAX_PORTS, PORTS_VARIABLE, InstanceSpec, PortSpec, port_kind
 from .streams import TOKEN_VARIABLE, StreamEnds, parse_stream
 
 __all__ = ["PipeEnds", "RunConfig", "parse_variables", "PAPER_VARIABLES"]
@@ -188,6 +188,6 @@ def parse_variables(
 
 def _port_kind(env: Mapping[str, str]) -> tuple[bool, bool]:
     try:
-        return port_kind(env.get(PORTS_VARIABLE) or "vector")
+        return port_kind(env.get(PORTS_VARIABLE) or DEFAULT_PORT_KIND)
     except ValueError as e:
         raise VariableError(PORTS_VARIABLE, str(e).split(": ", 1)[1]) from None
