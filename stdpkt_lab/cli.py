@@ -55,9 +55,10 @@ Variables (as in the stdpkt paper), n = 0..7:
                   pipes whole, their TCP checksum holds only the pseudo-header sum,
                   as captures on a host with offload show; the far end must be a
                   vhost port too), vector (UML's vector driver, plain frames), or
-                  vhost-plain (virtio-net, plain frames). STDPKT_VHOST_FINISH=1 makes vhost ports send plain
-                  frames (checksums done, super-frames cut) to any peer. The relays read
-                  and write a vhost port's queues themselves (STDPKT_VHOST_RING=0:
+                  vhost-plain (virtio-net, plain frames). STDPKT_VHOST_FINISH=1
+                  makes vhost ports send plain frames (checksums done, super-frames
+                  cut) to any peer. The relays read and write a vhost port's
+                  queues themselves (STDPKT_VHOST_RING=0:
                   through the port's socket, as before).
   STDPKT_TCP_BUFFERS  host (default: TCP buffer maxima of a 1 GiB host, 6 MiB
                   receive, 4 MiB send) or kernel (what the kernel gives the guest's

@@ -14,6 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from .placement import WorkerInfo, place
 
+if TYPE_CHECKING:
+    from ..describe import ChainPlan, KindRegistry
+    from .remote import RemoteInstance
+
+__all__ = ["Wiring"]
+
+Pair = tuple[str, str]
+
 
 def cross_offloads(actor: Any, lp: Any) -> tuple[bool, bool]:
     """Whether each end of the cross-worker link ``lp`` sends offloaded frames (a vhost
@@ -22,14 +30,6 @@ def cross_offloads(actor: Any, lp: Any) -> tuple[bool, bool]:
     fa = actor(lp.a).port_offloads(lp.a, lp.a_port)
     fb = actor(lp.b).port_offloads(lp.b, lp.b_port)
     return bool(fa.result(timeout=60)), bool(fb.result(timeout=60))
-
-if TYPE_CHECKING:
-    from ..describe import ChainPlan, KindRegistry
-    from .remote import RemoteInstance
-
-__all__ = ["Wiring"]
-
-Pair = tuple[str, str]
 
 
 class Wiring:

@@ -29,7 +29,7 @@ PORT_KINDS: dict[str, tuple[bool, bool]] = {
 #: The variable that sets the kind of every port, for ``stdpkt run`` and a Lab alike.
 PORTS_VARIABLE = "STDPKT_PORTS"
 #: The kind when nothing sets one: virtio-net with offload (3.5x UML's vector driver
-#: at MTU 1500 through a Lab link; README, "Port kinds").
+#: at MTU 1500 through a Lab link; README, "vhost-user ports").
 DEFAULT_PORT_KIND = "vhost"
 
 
