@@ -39,7 +39,9 @@
  * see the configuration's variables (the setup script and script do).
  *
  * Markers on the console ("@@STDPKT READY|SCRIPT-EXIT n|WARN text|FAIL text")
- * are the host's only view of the boot, exactly as with init.sh.
+ * are the host's only view of the boot, exactly as with init.sh.  One more is
+ * init.c's alone: "@@STDPKT AGENT-EXIT how" when it reaps the agent, so that
+ * the host fails the agent's calls at once (init.sh's agent ends unreported).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -425,6 +427,21 @@ static pid_t spawn(const char *const argv[], int ignore_int, int stdin_null)
     return pid;
 }
 
+static pid_t agent_pid = -1;
+
+/* A reaped child: the agent's end is told to the host ("@@STDPKT AGENT-EXIT ..."), which
+ * fails its calls at once instead of waiting out their timeouts. */
+static void reaped(pid_t got, int st)
+{
+    if (got <= 0 || got != agent_pid)
+        return;
+    agent_pid = -1;
+    if (WIFSIGNALED(st))
+        say("@@STDPKT AGENT-EXIT killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+    else
+        say("@@STDPKT AGENT-EXIT exit status %d", WEXITSTATUS(st));
+}
+
 /* Waits for pid, reaping any orphan on the way; returns its status as a shell's $? */
 static int wait_for(pid_t pid)
 {
@@ -436,6 +453,7 @@ static int wait_for(pid_t pid)
                 continue;
             return 127;
         }
+        reaped(got, st);
         if (got == pid)
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     }
@@ -743,7 +761,7 @@ static void start_agent(void)
     const char *agent = env_or("STDPKT_AGENT", NULL);
     if (agent) {
         const char *argv[] = {agent, "/dev/tty1", NULL};
-        if (spawn(argv, 1, 1) < 0)
+        if ((agent_pid = spawn(argv, 1, 1)) < 0)
             warn_errno(agent);
     }
 }
@@ -812,8 +830,11 @@ static void run(void)
         poweroff();
     /* a network function keeps forwarding until the host stops this kernel */
     for (;;) {
-        if (waitpid(-1, NULL, 0) < 0 && errno == ECHILD)
+        int st = 0;
+        pid_t got = waitpid(-1, &st, 0);
+        if (got < 0 && errno == ECHILD)
             pause();
+        reaped(got, st);
     }
 }
 

@@ -19,7 +19,7 @@ from stdpkt_lab.engine import bootprofile
 from stdpkt_lab.engine.instance import Instance, guest_init
 from stdpkt_lab.engine.paths import lkl_dir
 from stdpkt_lab.engine.spec import InstanceSpec, PortSpec
-from stdpkt_lab.errors import ConfigError, EnvironmentProblem, StateError
+from stdpkt_lab.errors import ConfigError, EnvironmentProblem, InstanceDied, StateError
 
 #: Everything a script can observe of what init did, printed on the console.
 PROBE = r"""#!/bin/sh
@@ -257,3 +257,43 @@ def test_pool_mismatch_messages() -> None:
     assert "ports" in _pool_mismatch(blank, InstanceSpec("a"))
     assert "mem_mb" in _pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0),), mem_mb=64))
     assert "tap" in _pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0, tap="t0"),)))
+
+
+def test_a_file_copied_again_into_the_run_directory_is_replaced_not_rewritten(tmp_path) -> None:
+    # A pooled instance's agent runs from its copy in the run directory (a checkout under
+    # /tmp is hidden from the guest); configuring the instance copies it again.  Rewriting
+    # the copy in place changed the program under an agent still loading it (CI: "agent
+    # did not say hello", the console showing a garbled glibc assertion).  The copy must
+    # be a new file: whoever has the old one open keeps reading the old bytes.
+    from stdpkt_lab.engine.instance import _copy_into
+
+    source, run_dir = tmp_path / "stdpkt-agent", tmp_path / "run"
+    run_dir.mkdir()
+    source.write_bytes(b"old program")
+    guest = _copy_into(str(source), run_dir)
+    copy = run_dir / "guest-stdpkt-agent"
+    assert guest.endswith("/guest-stdpkt-agent") and copy.read_bytes() == b"old program"
+    with copy.open("rb") as running:
+        source.write_bytes(b"new program, longer")
+        _copy_into(str(source), run_dir)
+        assert running.read() == b"old program"
+    assert copy.read_bytes() == b"new program, longer"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["guest-stdpkt-agent"]  # no temporary left
+
+
+@pytest.mark.uml
+def test_an_agent_that_dies_fails_its_calls_at_once_naming_how() -> None:
+    # The guest init reaps the agent and says so on the console: a call waiting on it,
+    # and every later one, fails now with how it ended instead of waiting out its timeout.
+    inst = Instance(InstanceSpec("agentdies"))
+    try:
+        inst.boot()
+        assert inst.exec("true").returncode == 0
+        with pytest.raises(InstanceDied, match=r"exec agent in the guest exited \(killed by signal 9"):
+            inst.exec("kill -KILL $PPID; sleep 100", timeout=100)
+        with pytest.raises(InstanceDied, match="exec agent in the guest exited"):
+            inst.exec("true", timeout=100)
+        assert "guest init: the exec agent exited (killed by signal 9 (Killed))" in inst.console_tail()
+        assert inst.state.value == "running"  # the kernel itself lives on
+    finally:
+        inst.stop()

@@ -218,7 +218,12 @@ class AgentClient:
                     f"agent did not say hello within {timeout:g} s (got {seen[-200:]!r})",
                     name=self.name,
                 )
-            if not poller.poll(left * 1000 + 1):
+            with self._lock:
+                failure = self._failure if self._state is _State.CLOSED else None
+            if failure is not None:  # the agent exited (agent_exited) or close() ran
+                raise ExecError(f"{failure.message}, before its hello (got {seen[-200:]!r})",
+                                name=self.name)
+            if not poller.poll(min(left, 0.25) * 1000 + 1):
                 continue
             try:
                 data = os.read(self._from_fd, _CHUNK)
@@ -238,6 +243,12 @@ class AgentClient:
             target=self._read_loop, name=f"agent-reader-{self.name}", daemon=True
         )
         self._thread.start()
+
+    def agent_exited(self, how: str) -> None:
+        """The guest's init reaped the agent (``how``: "exit status 1", "killed by signal 7
+        (Bus error)"): every call waiting and to come fails at once, naming it."""
+        with self._lock:
+            self._fail_locked(_Failure(InstanceDied, f"the exec agent in the guest exited ({how})"))
 
     def close(self) -> None:
         """Close the channel; calls still waiting raise :class:`InstanceDied`. Idempotent."""

@@ -594,6 +594,10 @@ class Instance:
         elif word == "FAIL":
             self._fail_reason = rest
             self._tail.append(f"guest init: {rest}")
+        elif word == "AGENT-EXIT":  # the guest init reaped the agent: its calls cannot end
+            self._tail.append(f"guest init: the exec agent exited ({rest})")
+            if self._agent is not None:
+                self._agent.agent_exited(rest)
         elif word == "WARN":
             self._tail.append(f"guest init: {rest}")
             if self._on_console is not None:
@@ -694,9 +698,20 @@ def _kind_name(port: PortSpec) -> str:
 
 
 def _copy_into(path: str, run_dir: Path) -> str:
-    """Copy a host file into the run directory; return its path as the guest sees it."""
+    """Copy a host file into the run directory; return its path as the guest sees it.
+
+    A copy made again (a pooled instance's configuration, ``guest_path`` asked twice)
+    replaces the old one by renaming a new file over it: the guest may be running the
+    old one (the pooled agent, started at boot), and rewriting it in place changed the
+    program under a process still loading it, which died without a word."""
     name = "guest-" + os.path.basename(path)
-    shutil.copy2(path, run_dir / name)
+    fresh = run_dir / f".{name}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        shutil.copy2(path, fresh)
+        os.replace(fresh, run_dir / name)
+    except BaseException:
+        fresh.unlink(missing_ok=True)
+        raise
     return f"{GUEST_RUN_DIR}/{name}"
 
 
