@@ -402,8 +402,8 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     # before stdpkt_lab/engine/cpus.py pinned each instance to a core of its own)
     **{f"{p}+free": functools.partial(run, env={"STDPKT_CPUS": "off"})
        for p, run in (("pipe", run_pipe), ("lab", run_relay), ("direct", run_direct))},
-    # each instance on a core of its own (STDPKT_CPUS=auto; the default when
-    # goodput-pinned.json was measured, opt-in since: README)
+    # each instance on a core of its own (STDPKT_CPUS=auto: the default when
+    # goodput-pinned.json was measured, opt-in for two sessions, the default again: README)
     **{f"{p}+cores": functools.partial(run, env={"STDPKT_CPUS": "auto"})
        for p, run in (("pipe", run_pipe), ("lab", run_relay), ("direct", run_direct))},
     "pipe+vhost+cores": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_CPUS": "auto"}),

@@ -64,11 +64,11 @@ Variables (as in the stdpkt paper), n = 0..7:
                   receive, 4 MiB send) or kernel (what the kernel gives the guest's
                   memory: 0.9 MB at 128 MB, which caps a flow's window), or
                   RMEM,WMEM in bytes.
-  STDPKT_CPUS     off (default: the host scheduler places everything), auto (each
-                  instance's kernel, guest processes and relays run on one core, the
-                  least used on this machine, so the `stdpkt run`s of a pipeline
-                  spread over the cores: 3-4x the goodput at 64 KiB writes; not yet
-                  the default, see the README), or a list of cores such as 0,2-3.
+  STDPKT_CPUS     auto (default: each instance's kernel, guest processes and relays
+                  run on one core, the least used on this machine, so the `stdpkt
+                  run`s of a pipeline spread over the cores: 3-4x the goodput at
+                  64 KiB writes, 8x at 1 KiB), off (the host scheduler places
+                  everything), or a list of cores such as 0,2-3.
 
 SCRIPT runs as root inside the instance (its own kernel: iptables, ip, sysctl,
 conntrack, ipvsadm work; modules load on demand; `iptables` is the legacy

@@ -49,13 +49,17 @@ def _affinities(pid: int) -> dict[int, set[int]]:
     return out
 
 
-@pytest.mark.parametrize("value, expected", [("off", []), ("0-1", [0, 1]), ("1,0", [0, 1]), ("0", [])])
-def test_the_variable_chooses_the_cores(monkeypatch: pytest.MonkeyPatch, value: str,
+@pytest.mark.parametrize("value, expected", [(None, [0, 1]), ("auto", [0, 1]), ("off", []),
+                                             ("0-1", [0, 1]), ("1,0", [0, 1]), ("0", [])])
+def test_the_variable_chooses_the_cores(monkeypatch: pytest.MonkeyPatch, value: str | None,
                                         expected: list[int]) -> None:
     if not TWO_CORES:
         pytest.skip("needs two cores")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setenv(cpus.CPUS_VARIABLE, value)
+    if value is None:  # unset: the default, auto
+        monkeypatch.delenv(cpus.CPUS_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(cpus.CPUS_VARIABLE, value)
     assert cpus.allowed_cores() == expected  # one core: nothing to choose, nothing pinned
 
 
@@ -91,7 +95,7 @@ def test_claims_are_counted_machine_wide_and_spread(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.skipif(not TWO_CORES, reason="needs two cores")
 def test_every_process_of_an_instance_runs_on_its_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cpus.CPUS_VARIABLE, "auto")
+    monkeypatch.delenv(cpus.CPUS_VARIABLE, raising=False)  # the default: auto
     before = cpus.cores_in_use()
     g = nx.Graph()
     g.add_node("a", kind="host")
@@ -110,13 +114,9 @@ def test_every_process_of_an_instance_runs_on_its_core(monkeypatch: pytest.Monke
     assert cpus.cores_in_use() == before  # the launchers held the locks, and they are gone
 
 
-@pytest.mark.parametrize("value", ["off", None])
-def test_off_leaves_placement_to_the_host(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
-    """``off`` (and, for now, the default) pins nothing."""
-    if value is None:
-        monkeypatch.delenv(cpus.CPUS_VARIABLE, raising=False)
-    else:
-        monkeypatch.setenv(cpus.CPUS_VARIABLE, value)
+def test_off_leaves_placement_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``off`` pins nothing."""
+    monkeypatch.setenv(cpus.CPUS_VARIABLE, "off")
     g = nx.Graph()
     g.add_node("a", kind="host")
     with sl.Lab(g, progress=False) as lab:

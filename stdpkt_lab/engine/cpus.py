@@ -8,13 +8,12 @@ which way it goes is decided anew at every boot: that was the "bimodal" 64 KiB
 figure of issue 10 (1.6–6.4 Gbit/s between two instances left to the
 scheduler, 8.4–8.7 with each instance on a core of its own, same run).
 
-With ``STDPKT_CPUS=auto`` every instance is pinned, its kernel and all the
-processes it starts, to one core: the least used of the cores this process may
-run on, counted over the whole machine (every Lab, ``stdpkt run`` and Dask
-worker of every user).  It is not the default: in two fresh-clone CI runs with
-it on, one guest each had its agent channel go silent (a reply that never came
-in 20 s; a hello that never came in 60 s), which six runs without it never
-showed.  The cause is not known.
+By default (``STDPKT_CPUS=auto``) every instance is pinned, its kernel and all
+the processes it starts, to one core: the least used of the cores this process
+may run on, counted over the whole machine (every Lab, ``stdpkt run`` and Dask
+worker of every user).  It was opt-in while a guest's agent channel sometimes
+went silent in CI with it on; that was a pooled agent whose program was
+rewritten under it (instance.py, ``_copy_into``), seen unpinned as well.
 
 Counting needs no files: the launcher of each pinned instance holds a shared
 ``flock`` on the core's sysfs directory (``/sys/devices/system/cpu/cpuN``), and
@@ -24,8 +23,9 @@ is made under an exclusive ``flock`` of ``/sys/devices/system/cpu``, held until
 the new instance's lock is taken, so two ``stdpkt run`` of one pipeline that
 start together get different cores.
 
-``$STDPKT_CPUS``: ``off`` (default: the host scheduler places everything),
-``auto`` (every core this process may use), or a list of cores such as ``0,2-3``.
+``$STDPKT_CPUS``: ``auto`` (the default: every core this process may use),
+``off`` (the host scheduler places everything), or a list of cores such as ``0,2-3``.
+With one usable core nothing is pinned.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..errors import VariableError
 __all__ = ["CPUS_VARIABLE", "CoreClaim", "allowed_cores", "claim_core", "cores_in_use", "join_core"]
 
 CPUS_VARIABLE = "STDPKT_CPUS"
-DEFAULT = "off"  # see the module's doc: opt-in until the silent-agent failures are understood
+DEFAULT = "auto"  # see the module's doc
 _SYSFS = "/sys/devices/system/cpu"
 _LOCKS = "/proc/locks"
 _EXCLUSIVE_WAIT = 1.0  # seconds
