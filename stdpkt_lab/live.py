@@ -153,12 +153,12 @@ class LiveChains:
 
     def _boot(self, spec: Any, what: str) -> tuple[Instance, float]:
         """A running instance for ``spec``: from the warm pool if one fits, else a cold boot."""
-        from .engine.instance import _pool_mismatch
+        from .engine.spec import pool_mismatch
 
         t0 = time.perf_counter()
         pool = self._pool
         inst: Instance | None = None
-        if pool is not None and pool.available and not _pool_mismatch(pool._shape, spec):  # noqa: SLF001
+        if pool is not None and pool.available and not pool_mismatch(pool._shape, spec):  # noqa: SLF001
             inst = pool.take(spec, timeout=5.0)
         if inst is None:
             root = self.lab._run_root  # noqa: SLF001 - new instances live in the lab's run dir

@@ -250,13 +250,13 @@ def test_a_pooled_instance_takes_its_configuration(tmp_path: Path) -> None:
 
 
 def test_pool_mismatch_messages() -> None:
-    from stdpkt_lab.engine.instance import _pool_mismatch
+    from stdpkt_lab.engine.spec import pool_mismatch
 
     blank = InstanceSpec("p", ports=(PortSpec(0),), mem_mb=128)
-    assert _pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0, mtu=1500),))) == ""
-    assert "ports" in _pool_mismatch(blank, InstanceSpec("a"))
-    assert "mem_mb" in _pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0),), mem_mb=64))
-    assert "tap" in _pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0, tap="t0"),)))
+    assert pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0, mtu=1500),))) == ""
+    assert "ports" in pool_mismatch(blank, InstanceSpec("a"))
+    assert "mem_mb" in pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0),), mem_mb=64))
+    assert "tap" in pool_mismatch(blank, InstanceSpec("a", ports=(PortSpec(0, tap="t0"),)))
 
 
 def test_a_file_copied_again_into_the_run_directory_is_replaced_not_rewritten(tmp_path) -> None:
@@ -265,17 +265,17 @@ def test_a_file_copied_again_into_the_run_directory_is_replaced_not_rewritten(tm
     # the copy in place changed the program under an agent still loading it (CI: "agent
     # did not say hello", the console showing a garbled glibc assertion).  The copy must
     # be a new file: whoever has the old one open keeps reading the old bytes.
-    from stdpkt_lab.engine.instance import _copy_into
+    from stdpkt_lab.engine.guest_files import copy_into
 
     source, run_dir = tmp_path / "stdpkt-agent", tmp_path / "run"
     run_dir.mkdir()
     source.write_bytes(b"old program")
-    guest = _copy_into(str(source), run_dir)
+    guest = copy_into(str(source), run_dir)
     copy = run_dir / "guest-stdpkt-agent"
     assert guest.endswith("/guest-stdpkt-agent") and copy.read_bytes() == b"old program"
     with copy.open("rb") as running:
         source.write_bytes(b"new program, longer")
-        _copy_into(str(source), run_dir)
+        copy_into(str(source), run_dir)
         assert running.read() == b"old program"
     assert copy.read_bytes() == b"new program, longer"
     assert sorted(p.name for p in run_dir.iterdir()) == ["guest-stdpkt-agent"]  # no temporary left

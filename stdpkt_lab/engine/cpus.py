@@ -13,7 +13,7 @@ the processes it starts, to one core: the least used of the cores this process
 may run on, counted over the whole machine (every Lab, ``stdpkt run`` and Dask
 worker of every user).  It was opt-in while a guest's agent channel sometimes
 went silent in CI with it on; that was a pooled agent whose program was
-rewritten under it (instance.py, ``_copy_into``), seen unpinned as well.
+rewritten under it (guest_files.py, ``copy_into``), seen unpinned as well.
 
 Counting needs no files: the launcher of each pinned instance holds a shared
 ``flock`` on the core's sysfs directory (``/sys/devices/system/cpu/cpuN``), and

@@ -30,9 +30,6 @@ import collections
 import enum
 import os
 import re
-import shlex
-import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -46,11 +43,12 @@ from . import bootprofile, quota
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
 from .cpus import claim_core
-from .ipv6 import ipv6_setup
+from .guest_files import copy_into, guest_init, hidden_in_guest, write_guest_files
 from .mconsole import MConsole
-from .ownership import add_owner, create_owned_subdir, kill_marked, remove_run_dir
-from .paths import helper, kernel_binary, lkl_dir, make_run_root
-from .spec import InstanceSpec, PortSpec, tcp_buffers
+from .ownership import add_owner, create_owned_subdir, remove_run_dir
+from .paths import kernel_binary, make_run_root
+from .spec import InstanceSpec, pool_mismatch
+from .teardown import close_quietly, end_processes
 from .vhost import VhostPort, random_mac
 
 if TYPE_CHECKING:
@@ -59,8 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["Instance", "InstanceState"]
 
 _MARKER = "@@STDPKT "
-#: Where the guest init binds the instance's run directory (lkl/init.sh).
-GUEST_RUN_DIR = "/run/stdpkt/host"
 #: Kernel stack dumps push the useful lines out of a console tail.
 _STACK_DUMP = re.compile(r"^(\s*\[<[0-9a-f]+>\]|( [0-9a-f]{8})+\s*$|Stack:|Call Trace:)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -269,7 +265,7 @@ class Instance:
             if not self.waiting_for_config or self._state is not InstanceState.BOOTING:
                 raise StateError(f"instance {self.name!r} is not waiting for a configuration")
             blank = self.spec
-            mismatch = _pool_mismatch(blank, spec)
+            mismatch = pool_mismatch(blank, spec)
             if mismatch:
                 raise ConfigError(f"instance {spec.name!r} does not fit pooled {blank.name!r}: {mismatch}")
             self._configured = True
@@ -344,9 +340,9 @@ class Instance:
         confinement = self._confinement
         if self._run_dir is None or confinement is None:
             raise StateError(f"instance {self.name!r} is not started")
-        if not _hidden_in_guest(host) and not confinement.needs_private_copies:
+        if not hidden_in_guest(host) and not confinement.needs_private_copies:
             return host
-        guest = _copy_into(host, self._run_dir)
+        guest = copy_into(host, self._run_dir)
         confinement.prepare_run_dir(self._run_dir)
         return guest
 
@@ -509,56 +505,9 @@ class Instance:
     def _write_guest_files(
         self, run_dir: Path, confinement: Confinement, conf_name: str = "guest.env"
     ) -> tuple[str, str]:
-        spec = self.spec
-        init = guest_init()
-        agent = helper("stdpkt-agent") if spec.agent else ""
-        # The script is copied: the guest's own tmpfs hides the host's /tmp, and the
-        # kernel's user may not be able to read the original.
-        script = _copy_into(str(spec.script.resolve()), run_dir) if spec.script else ""
-        if confinement.needs_private_copies and not _world_readable(init):
-            raise EnvironmentProblem(
-                f"{init} is not readable by the unprivileged kernel user: install stdpkt-lab "
-                "under a world-readable path, or use a host kernel with Landlock"
-            )
-        if agent and (confinement.needs_private_copies or _hidden_in_guest(agent)):
-            agent = _copy_into(agent, run_dir)
-        values: dict[str, str] = {
-            "STDPKT_NAME": spec.name,
-            "STDPKT_NIF": str(len(spec.ports)),
-            "STDPKT_SCRIPT": script,
-            "STDPKT_ONESHOT": "1" if spec.oneshot else "0",
-            "STDPKT_AGENT": agent,
-            "STDPKT_CWD": spec.cwd or os.getcwd(),
-            # ports that announce themselves (gratuitous ARP) when they come up: not taps,
-            # whose kernel end errors out for good if written before the host side is up
-            "STDPKT_ANNOUNCE": " ".join(str(p.index) for p in spec.ports if p.tap is None),
-            "STDPKT_VHOST": " ".join(str(p.index) for p in spec.ports if p.vhost),
-            "STDPKT_TCP_BUFFERS": tcp_buffers(),
-        }
-        for port in spec.ports:
-            if port.address is not None:
-                values[f"IP{port.index}"] = str(port.address.ip)
-                values[f"NETMASK{port.index}"] = str(port.address.network.prefixlen)
-            values[f"MTU{port.index}"] = str(port.mtu)
-        if spec.gateway is not None:
-            values["GATEWAY"] = str(spec.gateway)
-        if spec.hosts is not None:
-            _guest_file(run_dir / "hosts", spec.hosts)
-            values["STDPKT_HOSTS"] = f"{GUEST_RUN_DIR}/hosts"
-        if spec.routes:
-            _guest_file(run_dir / "routes", "".join(f"route add {r}\n" for r in spec.routes))
-            values["STDPKT_ROUTES"] = f"{GUEST_RUN_DIR}/routes"
-        setup = ipv6_setup(spec.ipv6, booted_with=self._boot_ipv6) + (spec.setup or "")
-        if setup:
-            _guest_file(run_dir / "setup.sh", setup)
-            values["STDPKT_SETUP"] = f"{GUEST_RUN_DIR}/setup.sh"
-        if self._pooled and not self._configured:
-            values["STDPKT_POOL"] = "1"
-        for key, value in spec.env.items():
-            values.setdefault(key, value)
-        conf = run_dir / conf_name
-        _guest_file(conf, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
-        return init, str(conf)
+        return write_guest_files(self.spec, run_dir, confinement, conf_name=conf_name,
+                                 boot_ipv6=self._boot_ipv6,
+                                 pooled_blank=self._pooled and not self._configured)
 
     def _watch_console(self, fd: int) -> None:
         with os.fdopen(fd, "rb", buffering=65536) as stream:
@@ -609,7 +558,7 @@ class Instance:
             for vport in self._vhost.values():  # the guest removes its virtio devices first
                 vport.detach(timeout=1.0)
         if proc is not None:
-            _end_processes(proc, self._run_dir, timeout)
+            end_processes(proc, self._run_dir, timeout)
         if self._agent is not None:
             self._agent.close()
         if self._mconsole is not None:
@@ -620,12 +569,12 @@ class Instance:
         for vport in self._vhost.values():  # after the kernel: it maps the guest's memory
             vport.close()
         for fd in self._fds[1:]:  # fds[0] (console) is closed by the monitor thread
-            _close_quietly(fd)
+            close_quietly(fd)
         self._fds[1:] = []
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout)
         elif proc is None and self._fds:
-            _close_quietly(self._fds[0])  # no kernel, so no monitor: ours to close, once
+            close_quietly(self._fds[0])  # no kernel, so no monitor: ours to close, once
             self._fds = []  # a FAILED instance is torn down again by stop(): never twice
         self._exited.set()
         if self._run_dir is not None and self._owns_run_dir:
@@ -652,161 +601,3 @@ def grow_socket_buffers(sock: socket.socket, size: int = PORT_SOCKET_BUFFER) -> 
             sock.setsockopt(socket.SOL_SOCKET, force, size)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
-def guest_init() -> str:
-    """The guest's PID 1: ``stdpkt-init`` (lkl/init.c: the same steps as lkl/init.sh with
-    system calls instead of programs, so tens of ms faster under ptrace) when it is built,
-    else ``lkl/init.sh``.  ``$STDPKT_INIT`` = ``shell`` or ``c`` chooses explicitly."""
-    choice = os.environ.get("STDPKT_INIT", "auto").lower()
-    if choice not in ("auto", "c", "shell"):
-        raise EnvironmentProblem(f"STDPKT_INIT={choice!r}: expected auto, c or shell")
-    if choice != "shell":
-        try:
-            return helper("stdpkt-init")
-        except EnvironmentProblem:
-            if choice == "c":
-                raise
-    return str(lkl_dir() / "init.sh")
-
-
-def _pool_mismatch(blank: InstanceSpec, spec: InstanceSpec) -> str:
-    """Why ``spec`` cannot take a pooled instance booted as ``blank`` ('' when it can)."""
-    if len(spec.ports) != len(blank.ports):
-        return f"{len(spec.ports)} ports, the pool's instances have {len(blank.ports)}"
-    for mine, theirs in zip(spec.ports, blank.ports, strict=True):
-        if mine.tap is not None or mine.fd is not None:
-            return f"{mine.device} is a tap or a caller's socket (pooled ports are socketpairs)"
-        if mine.mac is not None:
-            return f"{mine.device} has a fixed MAC (pooled ports got theirs at boot)"
-        if mine.mtu != theirs.mtu:
-            return f"{mine.device} MTU {mine.mtu}, the pool's is {theirs.mtu}"
-        if _kind_name(mine) != _kind_name(theirs):
-            return f"{mine.device} is a {_kind_name(mine)} port, the pool's are {_kind_name(theirs)}"
-    if spec.mem_mb != blank.mem_mb:
-        return f"mem_mb {spec.mem_mb}, the pool's is {blank.mem_mb}"
-    if spec.agent != blank.agent:
-        return "agent setting differs from the pool's"
-    return ""
-
-
-def _kind_name(port: PortSpec) -> str:
-    """The port kind name (:data:`~stdpkt_lab.engine.spec.PORT_KINDS`) of ``port``."""
-    if not port.vhost:
-        return "vector"
-    return "vhost" if port.offload else "vhost-plain"
-
-
-def _copy_into(path: str, run_dir: Path) -> str:
-    """Copy a host file into the run directory; return its path as the guest sees it.
-
-    A copy made again (a pooled instance's configuration, ``guest_path`` asked twice)
-    replaces the old one by renaming a new file over it: the guest may be running the
-    old one (the pooled agent, started at boot), and rewriting it in place changed the
-    program under a process still loading it, which died without a word."""
-    name = "guest-" + os.path.basename(path)
-    fresh = run_dir / f".{name}.{os.getpid()}.{threading.get_ident()}"
-    try:
-        shutil.copy2(path, fresh)
-        os.replace(fresh, run_dir / name)
-    except BaseException:
-        fresh.unlink(missing_ok=True)
-        raise
-    return f"{GUEST_RUN_DIR}/{name}"
-
-
-#: Host directories the guest covers with its own tmpfs (lkl/init.sh) or devtmpfs.
-_GUEST_MOUNTS = ("/tmp", "/run", "/root", "/var/lib", "/var/log", "/dev")
-
-
-def _hidden_in_guest(path: str) -> bool:
-    """True if the guest cannot see ``path`` once its init has mounted its own filesystems
-    (a checkout under /tmp, say): such files are handed over through the run directory."""
-    return any(path == m or path.startswith(m + "/") for m in _GUEST_MOUNTS)
-
-
-def _world_readable(path: str) -> bool:
-    """True if any user can reach and read ``path`` (the kernel execs init by its host path,
-    before the run directory is mounted, so an unprivileged kernel must be able to read it)."""
-    p = Path(path)
-    if not p.stat().st_mode & 0o004:
-        return False
-    return all(parent.stat().st_mode & 0o001 for parent in p.parents)
-
-
-def _guest_file(path: Path, text: str) -> None:
-    """A file the guest reads through hostfs: 0644 whatever the umask (a umask of 077 made
-    /etc/hosts unreadable to guest programs; the run directory itself is 0700)."""
-    path.write_text(text)
-    path.chmod(0o644)
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (its threads' ``children`` lists in /proc)."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
-            pass
-    return found
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, children before their parents' siblings' children."""
-    found: list[int] = []
-    todo = _children(pid)
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += _children(child)
-    return found
-
-
-def _signal(pids: Sequence[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-
-
-def _end_processes(proc: subprocess.Popen[bytes], run_dir: Path | None, timeout: float) -> None:
-    """End everything the instance started: the launcher, the kernel (which lives in a
-    session of its own, so no process-group signal reaches it) and its helpers.
-
-    SIGUSR1 to the launcher (the owner's stop; SIGTERM would make it wait to see
-    whether we are dying, see lkl/launch.c): it stops the kernel (SIGTERM, then SIGKILL of every
-    process below it after 3 s) and exits only once it has no descendant left (it
-    is their subreaper). If it has not exited after ``timeout``, everything below
-    it is SIGKILLed by pid, then the launcher. If the launcher itself was killed
-    by a signal (someone SIGKILLed it), its kernel may have been orphaned: every
-    process still marked with the run directory (``TMPDIR``) is SIGKILLed.
-    """
-    if proc.poll() is None:
-        _signal([proc.pid], signal.SIGUSR1)  # the owner's stop: we remove the run dir
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _signal(_descendants(proc.pid), signal.SIGKILL)
-            try:
-                proc.wait(max(timeout, 2.0))  # it reaps them, then exits
-            except subprocess.TimeoutExpired:
-                _signal(_descendants(proc.pid), signal.SIGKILL)
-                proc.kill()
-                proc.wait()
-    if (proc.returncode or 0) < 0 and run_dir is not None:
-        kill_marked(run_dir, timeout)
-

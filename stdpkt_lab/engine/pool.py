@@ -26,8 +26,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from ..errors import ConfigError, StateError
-from .instance import Instance, _pool_mismatch
-from .spec import InstanceSpec, PortSpec
+from .instance import Instance
+from .spec import InstanceSpec, PortSpec, pool_mismatch
 from .spec import port_kind as spec_port_kind
 
 __all__ = ["InstancePool"]
@@ -140,7 +140,7 @@ class InstancePool:
         """A pooled instance configured as ``spec`` (returns at once; ``wait_ready()`` on it
         waits for the NF), its console lines from now on going to ``on_console``.
         The instance is the caller's to stop."""
-        mismatch = _pool_mismatch(self._shape, spec)
+        mismatch = pool_mismatch(self._shape, spec)
         if mismatch:
             raise ConfigError(f"instance {spec.name!r} does not fit pool {self._tag}: {mismatch}")
         with self._cond:

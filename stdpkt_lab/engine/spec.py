@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import VariableError
 
 __all__ = ["PortSpec", "InstanceSpec", "MAX_PORTS", "MAX_MTU", "PORT_KINDS", "DEFAULT_PORT_KIND",
-           "default_port_kind", "port_kind"]
+           "default_port_kind", "pool_mismatch", "port_kind", "port_kind_name"]
 
 MAX_PORTS = 8
 #: Largest MTU the UML vector driver accepts (65535 is silently ignored: uml-facts.md).
@@ -149,3 +149,31 @@ class InstanceSpec:
             raise ValueError(f"instance {self.name!r}: ports must be numbered 0..n-1 in order")
         if not 24 <= self.mem_mb <= 4096:
             raise ValueError(f"instance {self.name!r}: mem_mb {self.mem_mb} outside 24..4096")
+
+
+def pool_mismatch(blank: InstanceSpec, spec: InstanceSpec) -> str:
+    """Why ``spec`` cannot take a pooled instance booted as ``blank`` ('' when it can)."""
+    if len(spec.ports) != len(blank.ports):
+        return f"{len(spec.ports)} ports, the pool's instances have {len(blank.ports)}"
+    for mine, theirs in zip(spec.ports, blank.ports, strict=True):
+        if mine.tap is not None or mine.fd is not None:
+            return f"{mine.device} is a tap or a caller's socket (pooled ports are socketpairs)"
+        if mine.mac is not None:
+            return f"{mine.device} has a fixed MAC (pooled ports got theirs at boot)"
+        if mine.mtu != theirs.mtu:
+            return f"{mine.device} MTU {mine.mtu}, the pool's is {theirs.mtu}"
+        kind, pooled = port_kind_name(mine), port_kind_name(theirs)
+        if kind != pooled:
+            return f"{mine.device} is a {kind} port, the pool's are {pooled}"
+    if spec.mem_mb != blank.mem_mb:
+        return f"mem_mb {spec.mem_mb}, the pool's is {blank.mem_mb}"
+    if spec.agent != blank.agent:
+        return "agent setting differs from the pool's"
+    return ""
+
+
+def port_kind_name(port: PortSpec) -> str:
+    """The port kind name (:data:`~stdpkt_lab.engine.spec.PORT_KINDS`) of ``port``."""
+    if not port.vhost:
+        return "vector"
+    return "vhost" if port.offload else "vhost-plain"
