@@ -7,6 +7,7 @@ Tests marked ``uml`` boot real kernels, at most two at a time.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import select
 import socket
@@ -273,8 +274,11 @@ def test_a_file_copied_again_into_the_run_directory_is_replaced_not_rewritten(tm
     guest = copy_into(str(source), run_dir)
     copy = run_dir / "guest-stdpkt-agent"
     assert guest.endswith("/guest-stdpkt-agent") and copy.read_bytes() == b"old program"
+    inode = copy.stat().st_ino
+    assert copy_into(str(source), run_dir) == guest and copy.stat().st_ino == inode  # unchanged: kept
     with copy.open("rb") as running:
         source.write_bytes(b"new program, longer")
+        os.utime(source, ns=(1, 2))  # a new modification time, as any rewrite gives
         copy_into(str(source), run_dir)
         assert running.read() == b"old program"
     assert copy.read_bytes() == b"new program, longer"

@@ -111,15 +111,23 @@ def write_guest_files(
 def copy_into(path: str, run_dir: Path) -> str:
     """Copy a host file into the run directory; return its path as the guest sees it.
 
-    A copy made again (a pooled instance's configuration, ``guest_path`` asked twice)
-    replaces the old one by renaming a new file over it: the guest may be running the
-    old one (the pooled agent, started at boot), and rewriting it in place changed the
-    program under a process still loading it, which died without a word."""
+    A copy that is already there (same size and modification time: ``copy2`` keeps the
+    source's) is kept: a pooled instance's configuration asks again for the agent it runs.
+    A copy made again replaces the old one by renaming a new file over it: the guest may
+    be running the old one, and rewriting it in place changed the program under a process
+    still loading it (the pooled agent, started at boot), which died without a word."""
     name = "guest-" + os.path.basename(path)
+    there, source = run_dir / name, os.stat(path)
+    try:
+        have = there.stat()
+        if (have.st_size, have.st_mtime_ns) == (source.st_size, source.st_mtime_ns):
+            return f"{GUEST_RUN_DIR}/{name}"
+    except FileNotFoundError:
+        pass
     fresh = run_dir / f".{name}.{os.getpid()}.{threading.get_ident()}"
     try:
         shutil.copy2(path, fresh)
-        os.replace(fresh, run_dir / name)
+        os.replace(fresh, there)
     except BaseException:
         fresh.unlink(missing_ok=True)
         raise
