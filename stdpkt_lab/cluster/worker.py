@@ -27,7 +27,7 @@ from typing import Any
 
 from ..engine.agent import ExecResult
 from ..engine.instance import Instance
-from ..engine.links import Link, _offload_port
+from ..engine.links import Link, offload_port
 from ..engine.ownership import remove_run_dir
 from ..engine.paths import make_run_root
 from ..engine.spec import InstanceSpec
@@ -143,7 +143,7 @@ class WorkerSide(WorkerLive):
     def port_offloads(self, node: str, port: int) -> bool:
         """True if ``node``'s ``port`` is a vhost port sending offloaded frames (partial
         checksums, TCP super-frames): its far end on another worker must take them."""
-        return _offload_port(self._instance(node), port) is not None
+        return offload_port(self._instance(node), port) is not None
 
     def listen(self, node: str, port: int, peer: str, peer_offload: bool = False) -> tuple[str, int]:
         """Serve ``node``'s ``port`` (toward ``peer``) on a TCP port of this worker's host.
@@ -164,7 +164,7 @@ class WorkerSide(WorkerLive):
         with self._lock:
             if self._stopped:
                 raise StateError("this worker's part of the lab was stopped")
-            vport = _offload_port(self._instance(node), port)
+            vport = offload_port(self._instance(node), port)
             if vport is not None:  # as Link does for two local ports (engine/links.py)
                 vport.set_finish(not peer_offload)
             slots, _snap = self._trace

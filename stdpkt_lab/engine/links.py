@@ -21,7 +21,7 @@ from ..relay import Endpoint, FlowTable, Pump, PumpResult, PumpStats, SteerStats
 from .instance import Instance
 from .vhost import VhostPort
 
-__all__ = ["Link"]
+__all__ = ["Link", "offload_port"]
 
 
 class Link:
@@ -97,7 +97,7 @@ class Link:
         vector port (or a detour to one) cannot take them: then the vhost side
         finishes its frames in software (engine/vhost.py).  ``plain``: finish on both
         sides whatever the peer (a steering detour may lead anywhere)."""
-        ends = [_offload_port(self.a, self.a_port), _offload_port(self.b, self.b_port)]
+        ends = [offload_port(self.a, self.a_port), offload_port(self.b, self.b_port)]
         both = all(e is not None for e in ends)
         for end in ends:
             if end is not None:
@@ -150,7 +150,7 @@ class Link:
         return f"<Link {self.name}>"
 
 
-def _offload_port(inst: Instance, index: int) -> VhostPort | None:
+def offload_port(inst: Instance, index: int) -> VhostPort | None:
     """The vhost back end of ``inst``'s port ``index`` if it offloads, else None."""
     vport = inst.vhost_ports().get(index)
     return vport if vport is not None and vport.offload else None

@@ -173,7 +173,7 @@ def pool_mismatch(blank: InstanceSpec, spec: InstanceSpec) -> str:
 
 
 def port_kind_name(port: PortSpec) -> str:
-    """The port kind name (:data:`~stdpkt_lab.engine.spec.PORT_KINDS`) of ``port``."""
+    """The :data:`PORT_KINDS` name of ``port`` (a vector port is one whatever its offload)."""
     if not port.vhost:
         return "vector"
-    return "vhost" if port.offload else "vhost-plain"
+    return next(name for name, kind in PORT_KINDS.items() if kind == (True, port.offload))
