@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages stdpkt-lab needs (idempotent). As root: apt-get.
 # Not root: check, and name what is missing.
-PKGS="user-mode-linux uml-utilities iproute2 iptables nftables conntrack ipvsadm iperf3 ethtool tcpdump curl wget netcat-openbsd busybox iputils-ping kmod procps gcc libc6-dev python3-venv chromium nodejs frr apache2 bind9 dnsmasq net-tools clang libclang-rt-14-dev libpcap0.8"
+PKGS="user-mode-linux uml-utilities iproute2 iptables nftables conntrack ipvsadm iperf3 ethtool tcpdump tshark curl wget netcat-openbsd busybox iputils-ping kmod procps gcc libc6-dev python3-venv chromium nodejs frr apache2 bind9 dnsmasq net-tools clang libclang-rt-14-dev libpcap0.8"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
