@@ -376,6 +376,9 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     # queue (STDPKT_VHOST_RING=0: how vhost ports worked before relay/vhost_ring.c)
     "lab+vhost+sock": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RING": "0"}),
     "pipe+vhost+sock": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_VHOST_RING": "0"}),
+    # the relays of a pipe copy every frame through their own buffers (STDPKT_RELAY_DIRECT=0:
+    # how pipes worked before relay/vhost_pcap.c wrote from and read into guest memory)
+    "pipe+copy": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "0"}),
     # the vhost port interrupts the guest every N received frames (default 32)
     "lab+vhost+sig4": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "4"}),
     "lab+vhost+sig128": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "128"}),

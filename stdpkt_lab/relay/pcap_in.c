@@ -69,6 +69,7 @@ static int pcap_parse(relay *r, uint32_t *nout)
     uint32_t n = 0;
     uint64_t skipped = 0;
     int rc = RD_OK;
+    r->pend_incl = 0;
     while (n < PCAP_BATCH) {
         size_t avail = r->rend - r->rpos;
         uint8_t *p = r->rbuf + r->rpos;
@@ -174,8 +175,10 @@ static int pcap_parse(relay *r, uint32_t *nout)
             r->skip_left = (uint64_t)REC_HDR + incl;
             continue;
         }
-        if (avail < (size_t)REC_HDR + incl)
+        if (avail < (size_t)REC_HDR + incl) {
+            r->pend_incl = incl;
             break;
+        }
         r->fr[n].rec = p;
         r->fr[n].len = incl;
         r->fr[n].orig = orig;
@@ -227,6 +230,7 @@ static int pcap_at_eof(relay *r)
 
 int rl_read_pcap(relay *r, uint32_t *n)
 {
+    uint32_t direct = 0;
     *n = 0;
     for (;;) {
         if (pcap_parse(r, n) == RD_BAD)
@@ -235,6 +239,14 @@ int rl_read_pcap(relay *r, uint32_t *n)
             return RD_OK;
         if (r->src_eof)
             return pcap_at_eof(r);
+        /* a large record not all read, for a vhost port: straight into its guest
+         * (vhost_pcap.c); the destination is looked at again under its lock */
+        if (r->pend_incl && r->direct && __atomic_load_n(&r->dst.vh, __ATOMIC_RELAXED) != NULL &&
+            rl_vh_rx_pcap(r, r->pend_incl)) {
+            if (++direct == PCAP_BATCH)
+                return RD_OK;     /* a control operation may take the lock between batches */
+            continue;
+        }
         /* nothing complete: keep the tail, read more */
         if (r->rpos) {
             size_t avail = r->rend - r->rpos;

@@ -63,6 +63,7 @@ static void rl_free_io(relay *r)
     free(r->wiov);
     free(r->wmm);
     free(r->fid);
+    rl_direct_free(r);
     r->fid = NULL;
     r->rbuf = r->slots = NULL;
     r->rmm = r->wmm = NULL;
@@ -197,6 +198,7 @@ int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int
     if (r->sock_batch == 0)
         r->sock_batch = SOCK_BATCH;
     r->spin_ns = env_u64("STDPKT_RELAY_SPIN_US", 0, 1000000) * 1000u;
+    r->direct = (int)env_u64("STDPKT_RELAY_DIRECT", 1, 1);
     rc = rl_alloc_io(r);
     if (rc < 0) {
         rl_set_err(r, "out of memory");
@@ -312,6 +314,16 @@ int rl_step(relay *r, int *idle)
     *idle = 0;
     if (stopping(r))
         return RELAY_STOPPED;
+    if (r->vh != NULL && r->direct && r->src_kind != RELAY_KIND_PCAP) {
+        int res, dst = rl_vh_tx_pcap(r, &res);   /* guest buffers -> a pcap stream */
+        if (dst >= 0) {
+            if (res)
+                return res;
+            if (dst == RD_AGAIN)
+                *idle = !(r->spin_ns && spin_src(r));
+            return 0;
+        }
+    }
     int st = r->src_kind == RELAY_KIND_PCAP ? rl_read_pcap(r, &n)
              : r->vh != NULL                ? rl_read_vhost(r, &n)
                                             : rl_read_sock(r, &n);

@@ -13,6 +13,8 @@
  *   bench.c    benchmark helpers
  *   vhost_ring.c  a socket source that is a vhost-user port's host end: the relay
  *              reads the guest's transmit queue itself (one copy, one thread less)
+ *   vhost_pcap.c  a vhost-user port's queues straight to and from a pcap stream
+ *              (a pipe): writev() from, readv() into the guest's buffers
  *   vhost.c, vhost_proto.c, vhost_io.c, vring.c, offload.c   the vhost-user port back end (vhost.h)
  * Internal functions shared between files carry an rl_ prefix and hidden visibility;
  * none of the files has a main(), so all of them link together.
@@ -135,6 +137,7 @@ struct relay {
     int have_ts;                  /* last_sec holds the ts_sec of the last good record */
     uint32_t last_sec;
     uint64_t resync_from;         /* stream offset where the scan started */
+    uint32_t pend_incl;           /* the record at rpos is valid but not all read: its length */
     int src_eof;
 
     /* socket source */
@@ -153,6 +156,8 @@ struct relay {
     uint32_t sock_batch;          /* frames per recvmmsg: STDPKT_RELAY_SOCK_BATCH */
     uint64_t spin_ns;             /* busy-poll the source this long before sleeping:
                                    * STDPKT_RELAY_SPIN_US (0: off, the default) */
+    int direct;                   /* the direct paths of vhost_pcap.c: STDPKT_RELAY_DIRECT
+                                   * (1, the default; 0: the general path only) */
 
     /* a vhost-user port whose transmit queue this relay reads itself (vhost_ring.c) */
     struct relay_vhost *vh;
@@ -160,6 +165,11 @@ struct relay {
     int vh_kick;                  /* while owned: our duplicate of the queue's kick descriptor */
     int vh_dirty;                 /* the socket may still hold frames sent before the grant */
     uint32_t vh_gen;
+    /* the direct paths between a port's queues and a pcap stream (vhost_pcap.c) */
+    struct vu_chain *vtx;         /* one transmit batch: the guest's buffers */
+    uint8_t *vhdr;                /* its record headers */
+    struct iovec *viov;           /* MAX_IOV: the iovecs of one writev() / readv() */
+    uint8_t *vsnap;               /* trace_snap bytes: a frame's start for the trace ring */
 
     /* trace ring */
     pthread_mutex_t trace_lock;
@@ -256,6 +266,14 @@ RL_HIDDEN int rl_read_vhost(relay *r, uint32_t *n);
 RL_HIDDEN void rl_vh_release(relay *r);
 RL_HIDDEN void rl_vh_drop_dst(relay_out *o);
 RL_HIDDEN uint32_t rl_vh_put(relay *r, relay_out *o, uint32_t first, uint32_t n, uint64_t *bytes);
+RL_HIDDEN void rl_vh_try_claim(relay *r);
+/* vhost_pcap.c: -1 when the direct path does not apply (the general one runs), else an
+ * RD_* result with *res 0 or the RELAY_* result that ends the loop */
+RL_HIDDEN int rl_vh_tx_pcap(relay *r, int *res);
+/* 1: the incomplete record at rpos (incl bytes) went straight into the guest, or more of
+ * it was read; 0: read it the general way */
+RL_HIDDEN int rl_vh_rx_pcap(relay *r, uint32_t incl);
+RL_HIDDEN void rl_direct_free(relay *r);
 /* steer.c */
 RL_HIDDEN int rl_write_batch(relay *r, uint32_t n, uint64_t ts);
 RL_HIDDEN void rl_kick(relay *r);

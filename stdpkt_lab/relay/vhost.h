@@ -211,6 +211,11 @@ void vh_revoke(relay_vhost *v);              /* tx_lock held: the queues change,
 void vh_unref(relay_vhost *v);               /* the last reference frees the memory */
 /* rx_lock held: puts one frame into the receive queue if it fits the buffers there; 1 or 0 */
 int vh_rx_put(relay_vhost *v, uint8_t *frame, uint32_t len);
+/* rx_lock held: the buffers for a frame of len bytes, gathered into rx_iov (the header's
+ * room first), not taken; 0 if they cannot hold it.  Then vh_rx_commit() hands them over
+ * once the frame is in them. */
+int vh_rx_gather(relay_vhost *v, uint64_t len, uint32_t *nchain, uint32_t *niov);
+void vh_rx_commit(relay_vhost *v, uint32_t nchain, uint64_t len);
 #pragma GCC visibility pop
 
 #endif /* STDPKT_VHOST_H */

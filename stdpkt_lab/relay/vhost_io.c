@@ -300,20 +300,17 @@ void vh_do_rx(relay_vhost *v)
 
 /* ------------------------------------------------------------ receive: a relay's frame -> guest */
 
-/* A relay writing straight into the receive queue (vhost_ring.c), rx_lock held: the
- * frame goes into the buffers the guest made available, as vh_do_rx() puts one it
- * received from the socket.  0 when they cannot hold it (nothing is taken: the frame
- * then goes through the socket and the port's thread waits for buffers). */
-int vh_rx_put(relay_vhost *v, uint8_t *frame, uint32_t len)
+/* rx_lock held: gathers the buffers the guest made available for a frame of len
+ * bytes (its header's room first) into rx_iov / rx_head / rx_room, without taking
+ * them.  0 when they cannot hold it (then nothing is taken: the frame goes through
+ * the socket and the port's thread waits for buffers). */
+int vh_rx_gather(relay_vhost *v, uint64_t len, uint32_t *nchain_out, uint32_t *niov_out)
 {
     vu_queue *q = &v->q[0];
     int mrg = !!(v->acked & BIT(F_MRG_RXBUF));
-    int csum = v->offload && (v->acked & BIT(F_GUEST_CSUM));
-    int tso = csum && (v->acked & (BIT(F_GUEST_TSO4) | BIT(F_GUEST_TSO6)));
     struct iovec *iov = v->rx_iov;
-    uint16_t *heads = v->rx_head;
-    uint32_t *room = v->rx_room, nchain = 0, niov = 0;
-    uint64_t total = 0, need = (uint64_t)len + VU_NET_HDR;
+    uint32_t nchain = 0, niov = 0;
+    uint64_t total = 0, need = len + VU_NET_HDR;
     int avail = vq_avail(q);
     while (total < need && nchain < (uint32_t)avail && (mrg || nchain == 0)) {
         vu_chain c;
@@ -323,16 +320,42 @@ int vh_rx_put(relay_vhost *v, uint8_t *frame, uint32_t len)
             return 0;                         /* the port's thread deals with odd buffers */
         memcpy(iov + niov, c.iov, c.niov * sizeof c.iov[0]);
         niov += c.niov;
-        heads[nchain] = c.head;
-        room[nchain] = (uint32_t)c.len;
+        v->rx_head[nchain] = c.head;
+        v->rx_room[nchain] = (uint32_t)c.len;
         total += c.len;
         nchain++;
     }
     if (total < need)
         return 0;
+    *nchain_out = nchain;
+    *niov_out = niov;
+    return 1;
+}
+
+/* rx_lock held: the frame of len bytes is in the gathered buffers, after the header's
+ * room: writes its header and hands the buffers to the guest. */
+void vh_rx_commit(relay_vhost *v, uint32_t nchain, uint64_t len)
+{
+    int csum = v->offload && (v->acked & BIT(F_GUEST_CSUM));
+    int tso = csum && (v->acked & (BIT(F_GUEST_TSO4) | BIT(F_GUEST_TSO6)));
+    uint8_t *hdrp = v->rx_iov[0].iov_base;
+    size_t have = v->rx_iov[0].iov_len - VU_NET_HDR;
     vnet_hdr h;
-    ol_rx_header(frame, len, len, v->mtu, csum, tso, &h);
-    uint8_t *hdrp = iov[0].iov_base;
+    ol_rx_header(hdrp + VU_NET_HDR, have < len ? have : len, len, v->mtu, csum, tso, &h);
+    rx_give(v, hdrp, &h, nchain, len);
+    vh_add(&v->st.rx_relayed, 1);
+}
+
+/* A relay writing straight into the receive queue (vhost_ring.c), rx_lock held: the
+ * frame goes into the buffers the guest made available, as vh_do_rx() puts one it
+ * received from the socket.  0 when they cannot hold it (nothing is taken: the frame
+ * then goes through the socket and the port's thread waits for buffers). */
+int vh_rx_put(relay_vhost *v, uint8_t *frame, uint32_t len)
+{
+    uint32_t nchain, niov;
+    if (!vh_rx_gather(v, len, &nchain, &niov))
+        return 0;
+    struct iovec *iov = v->rx_iov;
     size_t off = VU_NET_HDR;                  /* in iov[0]: the header first */
     uint32_t done = 0;
     for (uint32_t i = 0; i < niov && done < len; i++) {
@@ -343,7 +366,6 @@ int vh_rx_put(relay_vhost *v, uint8_t *frame, uint32_t len)
         done += (uint32_t)k;
         off = 0;
     }
-    rx_give(v, hdrp, &h, nchain, len);
-    vh_add(&v->st.rx_relayed, 1);
+    vh_rx_commit(v, nchain, len);
     return 1;
 }

@@ -68,7 +68,7 @@ static void drop_own(relay *r)
     r->vh_own = 0;
 }
 
-static void try_claim(relay *r)
+void rl_vh_try_claim(relay *r)
 {
     relay_vhost *v = r->vh;
     pthread_mutex_lock(&v->tx_lock);
@@ -157,7 +157,7 @@ int rl_read_vhost(relay *r, uint32_t *n)
 {
     *n = 0;
     if (!r->vh_own)
-        try_claim(r);
+        rl_vh_try_claim(r);
     if (!r->vh_own || r->vh_dirty) {
         int st = rl_read_sock(r, n);
         if (!r->vh_own || st != RD_AGAIN)

@@ -1,0 +1,380 @@
+/*
+ * vhost_pcap.c - a vhost-user port's queues straight to and from a pcap stream: the
+ * path of `stdpkt run`'s pipes.
+ *
+ *   transmit: the guest's transmit queue -> one writev() of pcap records whose frames
+ *             are the guest's own buffers -> the pipe.  One copy (into the pipe) where
+ *             the general path makes two (into the relay's slots, then into the pipe).
+ *   receive:  a large record not yet read whole -> readv() of the rest of it straight
+ *             into the guest's receive buffers, and of the next record's header into
+ *             the read buffer.  One copy (out of the pipe) where the general path makes
+ *             two (into the read buffer, then into the guest's buffers).
+ *
+ * Both run only when the relay needs nothing else of the frame: no steering (flow
+ * table) and no trace filter.  The trace ring still gets the first trace_snap bytes of
+ * every frame, the counters count it as the general path does, and a control operation
+ * (retarget, steering) takes dst_lock between two batches as before.  When a condition
+ * does not hold the general path runs on the same stream; nothing is lost or reordered.
+ *
+ * Locks: dst_lock, then the port's tx_lock or rx_lock, as the general path takes them.
+ * Both are held only around non-blocking system calls, so the port's thread (which
+ * takes them for protocol messages) never waits for a pipe:
+ *   - a write that leaves a record partly written copies the rest of that one record into
+ *     the relay's slots before the guest's buffers are handed back, and writes it after;
+ *     records not written at all are put back in the queue (taken again next time);
+ *   - a record is read straight into the guest only once the source holds all of it
+ *     (FIONREAD), so the read cannot stop halfway.
+ */
+#define _GNU_SOURCE
+#include "relay_int.h"
+#include "vhost.h"
+
+#include <sys/ioctl.h>
+
+/* Records of at least this many bytes are read straight into the guest's buffers; a
+ * smaller one is cheaper to take in a large read with its neighbours. */
+#define DIRECT_RX_MIN 4096
+
+static int alloc_direct(relay *r, int tx)
+{
+    if (r->viov == NULL)
+        r->viov = calloc(MAX_IOV, sizeof *r->viov);
+    if (r->tslots && r->vsnap == NULL)
+        r->vsnap = malloc(r->tsnap);
+    if (tx && r->vtx == NULL) {
+        r->vtx = calloc(r->sock_batch, sizeof *r->vtx);
+        r->vhdr = calloc(r->sock_batch, REC_HDR);
+    }
+    return r->viov == NULL || (r->tslots && r->vsnap == NULL) ||
+                   (tx && (r->vtx == NULL || r->vhdr == NULL))
+               ? -1
+               : 0;
+}
+
+void rl_direct_free(relay *r)
+{
+    free(r->viov);
+    free(r->vsnap);
+    free(r->vtx);
+    free(r->vhdr);
+    r->viov = NULL;
+    r->vsnap = NULL;
+    r->vtx = NULL;
+    r->vhdr = NULL;
+}
+
+/* Copies bytes [from, from + len) of the data behind iov[0..niov) to out. */
+static void gather(uint8_t *out, const struct iovec *iov, uint32_t niov, size_t from, size_t len)
+{
+    for (uint32_t i = 0; i < niov && len; i++) {
+        size_t l = iov[i].iov_len;
+        if (from >= l) {
+            from -= l;
+            continue;
+        }
+        size_t k = l - from < len ? l - from : len;
+        memcpy(out, (const uint8_t *)iov[i].iov_base + from, k);
+        out += k;
+        len -= k;
+        from = 0;
+    }
+}
+
+static int tracing(relay *r)
+{
+    return r->tslots && __atomic_load_n(&r->trace_on, __ATOMIC_RELAXED);
+}
+
+/* trace_lock held: offers a frame of len bytes at byte skip of iov to the trace ring. */
+static void trace_iov(relay *r, const struct iovec *iov, uint32_t niov, size_t skip,
+                      uint32_t len, uint64_t ts, uint64_t seq)
+{
+    uint32_t cap = len < r->tsnap ? len : r->tsnap;
+    gather(r->vsnap, iov, niov, skip, cap);
+    rl_trace_put(r, r->vsnap, cap, len, ts, seq, 0);
+}
+
+/* dst_lock held: nothing but the default pcap output needs this relay's frames. */
+static int plain_route(relay *r)
+{
+    return r->ft == NULL && __atomic_load_n(&r->filt, __ATOMIC_RELAXED) == NULL;
+}
+
+/* ------------------------------------------------------------ transmit queue -> pcap */
+
+/* tx_lock held: takes up to sock_batch frames from the transmit queue into r->vtx and
+ * the record iovecs r->viov (a header, then the guest's buffers).  *n frames, *niov. */
+static void take_batch(relay *r, relay_vhost *v, uint64_t ts, uint32_t *n_out, uint32_t *niov_out,
+                       uint64_t *gso)
+{
+    vu_queue *q = &v->q[1];
+    uint32_t n = 0, niov = 0;
+    uint64_t drops = 0;
+    vq_notify_off(q);
+    for (;;) {
+        int avail = vq_avail(q);
+        while (n < r->sock_batch && avail-- > 0) {
+            vu_chain *c = &r->vtx[n];
+            const char *why = NULL;
+            vnet_hdr h;
+            int bad = vq_pop(q, &v->mem, 0, c, &why) < 0 || vh_strip_header(c, &h) < 0 ||
+                      c->len < RELAY_FRAME_MIN || c->len > RELAY_FRAME_MAX;
+            if ((bad && n) || niov + 1 + c->niov > MAX_IOV) {
+                q->last_avail--;          /* first of the next batch: put-backs stay a tail */
+                break;
+            }
+            if (bad) {
+                vh_err(v, "transmit queue: %s", why ? why : "bad frame length");
+                drops++;
+                vq_push(q, c->head, 0);
+                continue;
+            }
+            if (h.gso_type != VNH_GSO_NONE)
+                (*gso)++;
+            uint8_t *hd = r->vhdr + (size_t)n * REC_HDR;
+            put_rec_hdr(hd, ts, (uint32_t)c->len, (uint32_t)c->len);
+            r->viov[niov].iov_base = hd;
+            r->viov[niov].iov_len = REC_HDR;
+            memcpy(r->viov + niov + 1, c->iov, c->niov * sizeof c->iov[0]);
+            niov += 1 + c->niov;
+            n++;
+        }
+        if (n || !vq_notify_on(q))
+            break;                        /* frames; or none, and the guest kicks next time */
+    }
+    if (drops)
+        vh_add(&v->st.tx_drops, drops);
+    *n_out = n;
+    *niov_out = niov;
+}
+
+/* tx_lock held: frames [0, k) of the batch were taken: the trace ring, the sequence. */
+static void tx_trace(relay *r, uint32_t k, uint64_t ts)
+{
+    if (!tracing(r)) {
+        __atomic_fetch_add(&r->seq, k, __ATOMIC_RELAXED);
+        return;
+    }
+    pthread_mutex_lock(&r->trace_lock);
+    uint64_t seq = __atomic_fetch_add(&r->seq, k, __ATOMIC_RELAXED);
+    for (uint32_t j = 0; j < k; j++)
+        trace_iov(r, r->vtx[j].iov, r->vtx[j].niov, 0, (uint32_t)r->vtx[j].len, ts, seq + j);
+    pthread_mutex_unlock(&r->trace_lock);
+}
+
+int rl_vh_tx_pcap(relay *r, int *res)
+{
+    relay_vhost *v = r->vh;
+    relay_out *o = &r->dst;
+    *res = 0;
+    if (!r->vh_own)
+        rl_vh_try_claim(r);
+    if (!r->vh_own || r->vh_dirty)
+        return -1;                        /* the general path reads the socket first */
+    pthread_mutex_lock(&r->dst_lock);
+    if (o->kind != RELAY_KIND_PCAP || o->fd < 0 || o->ghdr_off < o->ghdr_len || !plain_route(r) ||
+        alloc_direct(r, 1) < 0) {
+        pthread_mutex_unlock(&r->dst_lock);
+        return -1;
+    }
+    pthread_mutex_lock(&v->tx_lock);
+    if (v->tx_owner != (void *)r || v->tx_gen != r->vh_gen ||
+        __atomic_load_n(&v->finish, __ATOMIC_RELAXED)) {
+        pthread_mutex_unlock(&v->tx_lock);
+        pthread_mutex_unlock(&r->dst_lock);
+        return -1;                        /* the general path lets the queue go */
+    }
+    vu_queue *q = &v->q[1];
+    uint64_t ts = now_ns(), gso = 0;
+    uint32_t n, niov;
+    take_batch(r, v, ts, &n, &niov, &gso);
+    if (n == 0) {
+        vq_signal(q);
+        pthread_mutex_unlock(&v->tx_lock);
+        pthread_mutex_unlock(&r->dst_lock);
+        return RD_AGAIN;
+    }
+    ssize_t w;
+    do
+        w = rl_dst_write_once(o, r->viov, (int)niov);
+    while (w < 0 && errno == EINTR);
+    int e = w < 0 ? errno : 0;
+    uint32_t whole = 0, taken;
+    size_t part = 0;                      /* bytes written of record `whole` */
+    if (w < 0 && (e == EAGAIN || e == EWOULDBLOCK)) {
+        taken = 0;
+    } else if (w < 0) {
+        taken = n;                        /* the destination failed: the frames are lost */
+    } else {
+        size_t left = (size_t)w;
+        while (whole < n && left >= REC_HDR + r->vtx[whole].len) {
+            left -= REC_HDR + r->vtx[whole].len;
+            whole++;
+        }
+        part = left;
+        taken = whole + (part ? 1 : 0);
+    }
+    uint8_t *rest = r->slots;            /* the rest of a record written in part */
+    size_t rest_len = 0;
+    if (part) {
+        vu_chain *c = &r->vtx[whole];
+        size_t rec = REC_HDR + c->len;
+        rest_len = rec - part;
+        if (part < REC_HDR) {
+            memcpy(rest, r->vhdr + (size_t)whole * REC_HDR + part, REC_HDR - part);
+            gather(rest + REC_HDR - part, c->iov, c->niov, 0, c->len);
+        } else {
+            gather(rest, c->iov, c->niov, part - REC_HDR, rest_len);
+        }
+    }
+    uint64_t bytes = 0;
+    if (w >= 0)
+        tx_trace(r, taken, ts);
+    for (uint32_t j = 0; j < taken; j++) {
+        bytes += r->vtx[j].len;
+        vq_push(q, r->vtx[j].head, 0);
+    }
+    q->last_avail = (uint16_t)(q->last_avail - (n - taken));   /* not taken: next time */
+    vh_add(&v->st.tx_frames, taken);
+    vh_add(&v->st.tx_relayed, taken);
+    vh_add(&v->st.tx_bytes, bytes);
+    vh_add(&v->st.tx_gso, gso);
+    vq_signal(q);
+    pthread_mutex_unlock(&v->tx_lock);
+
+    int rc = 0;
+    uint32_t sent = whole;
+    uint64_t sent_bytes = bytes - (part ? r->vtx[whole].len : 0);
+    if (w < 0 && taken == 0) {
+        rc = rl_wait_fd(r, o->fd, POLLOUT, 1);
+        if (rc < 0) {
+            rl_set_err(r, "poll on destination: %s", strerror(-rc));
+            rc = RELAY_ERROR;
+        } else {
+            rc = rc == 1 ? RELAY_STOPPED : 0;
+        }
+    } else if (w < 0) {
+        if (rl_is_peer_gone(e)) {
+            rc = rl_peer_closed(r, e);
+        } else {
+            rl_set_err(r, "writing to destination: %s", strerror(e));
+            rc = RELAY_ERROR;
+        }
+    } else if (part) {
+        struct iovec iv = { rest, rest_len };
+        int done;
+        rc = rl_dst_writev_all(r, o, &iv, 1, &done, 0);   /* mid-record: no yielding */
+        if (rc == 0) {
+            sent++;
+            sent_bytes += r->vtx[whole].len;
+        }
+    }
+    stat_add(&r->st->frames, sent);
+    stat_add(&r->st->bytes, sent_bytes);
+    pthread_mutex_unlock(&r->dst_lock);
+    *res = rc;
+    return RD_OK;
+}
+
+/* ------------------------------------------------------------ pcap -> receive queue */
+
+/* The record at r->rpos (header complete and valid, incl bytes, not all read) straight
+ * into the guest's receive buffers.  1 when it was taken (or the read buffer grew), 0
+ * when the general path is to read it. */
+int rl_vh_rx_pcap(relay *r, uint32_t incl)
+{
+    relay_out *o = &r->dst;
+    size_t have = r->rend - r->rpos - REC_HDR;     /* of the payload, in the read buffer */
+    size_t rest = incl - have;
+    int inq = 0;
+    if (incl < DIRECT_RX_MIN || have >= incl || ioctl(r->src_fd, FIONREAD, &inq) < 0 ||
+        (size_t)inq < rest)
+        return 0;                                  /* not all there: a read could stop midway */
+    pthread_mutex_lock(&r->dst_lock);
+    relay_vhost *v = o->vh;
+    if (v == NULL || o->fd < 0 || !plain_route(r) || alloc_direct(r, 0) < 0) {
+        pthread_mutex_unlock(&r->dst_lock);
+        return 0;
+    }
+    pthread_mutex_lock(&v->rx_lock);
+    struct pollfd pf = { v->data, POLLIN, 0 };
+    uint32_t nchain, niov;
+    if (v->closed || v->cfd < 0 || v->guest_gone || v->data_eof || v->rx_starved ||
+        !vh_ready(v) || poll(&pf, 1, 0) != 0 || !vh_rx_gather(v, incl, &nchain, &niov)) {
+        pthread_mutex_unlock(&v->rx_lock);
+        pthread_mutex_unlock(&r->dst_lock);
+        return 0;                                  /* older frames wait in the socket, or no room */
+    }
+    if (r->rpos) {                                 /* the record to the front: room for a header */
+        memmove(r->rbuf, r->rbuf + r->rpos, r->rend - r->rpos);
+        r->rbase += r->rpos;
+        r->rend -= r->rpos;
+        r->rpos = 0;
+    }
+    /* the part already read is copied; the rest is read into the buffers after it */
+    const uint8_t *pre = r->rbuf + REC_HDR;
+    size_t skip = VU_NET_HDR, at = 0;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < niov && at < incl; i++) {
+        uint8_t *b = (uint8_t *)v->rx_iov[i].iov_base + skip;
+        size_t room = v->rx_iov[i].iov_len - skip;
+        skip = 0;
+        if (room > incl - at)
+            room = incl - at;
+        if (at < have) {
+            size_t c = have - at < room ? have - at : room;
+            memcpy(b, pre + at, c);
+            at += c;
+            b += c;
+            room -= c;
+        }
+        if (room) {
+            r->viov[k].iov_base = b;
+            r->viov[k].iov_len = room;
+            k++;
+            at += room;
+        }
+    }
+    r->viov[k].iov_base = r->rbuf + r->rend;       /* and the next record's header */
+    r->viov[k].iov_len = REC_HDR;
+    k++;
+    ssize_t got;
+    do
+        got = readv(r->src_fd, r->viov, (int)k);
+    while (got < 0 && errno == EINTR);
+    if (got < 0 || (size_t)got < rest) {
+        /* cannot happen with FIONREAD's count and one reader; if it does, what was read
+         * goes into the read buffer and the general path goes on from there */
+        if (got > 0) {
+            gather(r->rbuf + r->rend, r->viov, k - 1, 0, (size_t)got);
+            r->rend += (size_t)got;
+        }
+        pthread_mutex_unlock(&v->rx_lock);
+        pthread_mutex_unlock(&r->dst_lock);
+        return got > 0;
+    }
+    uint64_t ts = now_ns();
+    if (tracing(r)) {
+        pthread_mutex_lock(&r->trace_lock);
+        uint64_t seq = __atomic_fetch_add(&r->seq, 1, __ATOMIC_RELAXED);
+        trace_iov(r, v->rx_iov, niov, VU_NET_HDR, incl, ts, seq);
+        pthread_mutex_unlock(&r->trace_lock);
+    } else {
+        __atomic_fetch_add(&r->seq, 1, __ATOMIC_RELAXED);
+    }
+    r->last_sec = get32(r, r->rbuf);
+    r->have_ts = 1;
+    vh_rx_commit(v, nchain, incl);
+    vq_signal(&v->q[0]);
+    pthread_mutex_unlock(&v->rx_lock);
+    stat_add(&r->st->frames, 1);
+    stat_add(&r->st->bytes, incl);
+    pthread_mutex_unlock(&r->dst_lock);
+    /* the record is consumed; what came after it is the next header (or part of it) */
+    size_t tail = (size_t)got - rest;
+    memmove(r->rbuf, r->rbuf + r->rend, tail);
+    r->rbase += r->rend + rest;
+    r->rpos = 0;
+    r->rend = tail;
+    return 1;
+}
