@@ -64,7 +64,7 @@ static int plausible(const relay *r, const uint8_t *p)
 
 /* Parses complete records of the read buffer into r->fr. Returns RD_OK (with
  * *nout frames, possibly 0 when more input is needed) or RD_BAD. */
-static int pcap_parse(relay *r, uint32_t *nout)
+int rl_pcap_parse(relay *r, uint32_t *nout)
 {
     uint32_t n = 0;
     uint64_t skipped = 0;
@@ -230,10 +230,9 @@ static int pcap_at_eof(relay *r)
 
 int rl_read_pcap(relay *r, uint32_t *n)
 {
-    uint32_t direct = 0;
     *n = 0;
     for (;;) {
-        if (pcap_parse(r, n) == RD_BAD)
+        if (rl_pcap_parse(r, n) == RD_BAD)
             return RD_BAD;
         if (*n)
             return RD_OK;
@@ -241,11 +240,11 @@ int rl_read_pcap(relay *r, uint32_t *n)
             return pcap_at_eof(r);
         /* a large record not all read, for a vhost port: straight into its guest
          * (vhost_pcap.c); the destination is looked at again under its lock */
-        if (r->pend_incl && r->direct && __atomic_load_n(&r->dst.vh, __ATOMIC_RELAXED) != NULL &&
-            rl_vh_rx_pcap(r, r->pend_incl)) {
-            if (++direct == PCAP_BATCH)
-                return RD_OK;     /* a control operation may take the lock between batches */
-            continue;
+        if (r->pend_incl && (r->direct & 2) &&
+            __atomic_load_n(&r->dst.vh, __ATOMIC_RELAXED) != NULL) {
+            int bad;
+            if (rl_vh_rx_pcap(r, n, &bad))
+                return bad ? RD_BAD : RD_OK;   /* its frames, or none: the loop comes back */
         }
         /* nothing complete: keep the tail, read more */
         if (r->rpos) {

@@ -156,8 +156,9 @@ struct relay {
     uint32_t sock_batch;          /* frames per recvmmsg: STDPKT_RELAY_SOCK_BATCH */
     uint64_t spin_ns;             /* busy-poll the source this long before sleeping:
                                    * STDPKT_RELAY_SPIN_US (0: off, the default) */
-    int direct;                   /* the direct paths of vhost_pcap.c: STDPKT_RELAY_DIRECT
-                                   * (1, the default; 0: the general path only) */
+    int direct;                   /* the direct paths of vhost_pcap.c, STDPKT_RELAY_DIRECT:
+                                   * bit 0 transmit (the default: 1), bit 1 receive;
+                                   * 0: the general path only */
 
     /* a vhost-user port whose transmit queue this relay reads itself (vhost_ring.c) */
     struct relay_vhost *vh;
@@ -251,6 +252,7 @@ RL_HIDDEN int rl_write_out(relay *r, relay_out *o, uint32_t first, uint32_t n, u
                            uint32_t *sent, uint64_t *bytes);
 /* pcap_in.c */
 RL_HIDDEN int rl_read_pcap(relay *r, uint32_t *n);
+RL_HIDDEN int rl_pcap_parse(relay *r, uint32_t *nout);
 /* trace.c */
 RL_HIDDEN void rl_trace_put(relay *r, const uint8_t *data, uint32_t len, uint32_t orig,
                             uint64_t ts, uint64_t seq, uint32_t flags);
@@ -270,9 +272,10 @@ RL_HIDDEN void rl_vh_try_claim(relay *r);
 /* vhost_pcap.c: -1 when the direct path does not apply (the general one runs), else an
  * RD_* result with *res 0 or the RELAY_* result that ends the loop */
 RL_HIDDEN int rl_vh_tx_pcap(relay *r, int *res);
-/* 1: the incomplete record at rpos (incl bytes) went straight into the guest, or more of
- * it was read; 0: read it the general way */
-RL_HIDDEN int rl_vh_rx_pcap(relay *r, uint32_t incl);
+/* 1: the incomplete record at rpos (pend_incl bytes) went straight into the guest with
+ * those after it that came whole (the parse that ended the run left *n frames in r->fr,
+ * *bad: the stream is bad), or more of it was read; 0: read it the general way */
+RL_HIDDEN int rl_vh_rx_pcap(relay *r, uint32_t *n, int *bad);
 RL_HIDDEN void rl_direct_free(relay *r);
 /* steer.c */
 RL_HIDDEN int rl_write_batch(relay *r, uint32_t n, uint64_t ts);

@@ -102,14 +102,25 @@ static int plain_route(relay *r)
 
 /* ------------------------------------------------------------ transmit queue -> pcap */
 
+/* Bytes a pipe takes now without a partial write; SIZE_MAX if fd is not a pipe. */
+static size_t pipe_room(int fd)
+{
+    int size = fcntl(fd, F_GETPIPE_SZ), inq = 0;
+    if (size <= 0 || ioctl(fd, FIONREAD, &inq) < 0)
+        return SIZE_MAX;
+    return inq < size ? (size_t)(size - inq) : 0;
+}
+
 /* tx_lock held: takes up to sock_batch frames from the transmit queue into r->vtx and
  * the record iovecs r->viov (a header, then the guest's buffers).  *n frames, *niov. */
-static void take_batch(relay *r, relay_vhost *v, uint64_t ts, uint32_t *n_out, uint32_t *niov_out,
-                       uint64_t *gso)
+static void take_batch(relay *r, relay_vhost *v, uint64_t ts, size_t room, uint32_t *n_out,
+                       uint32_t *niov_out, uint64_t *gso, int *full)
 {
     vu_queue *q = &v->q[1];
     uint32_t n = 0, niov = 0;
     uint64_t drops = 0;
+    size_t bytes = 0;
+    *full = 0;
     vq_notify_off(q);
     for (;;) {
         int avail = vq_avail(q);
@@ -119,8 +130,10 @@ static void take_batch(relay *r, relay_vhost *v, uint64_t ts, uint32_t *n_out, u
             vnet_hdr h;
             int bad = vq_pop(q, &v->mem, 0, c, &why) < 0 || vh_strip_header(c, &h) < 0 ||
                       c->len < RELAY_FRAME_MIN || c->len > RELAY_FRAME_MAX;
-            if ((bad && n) || niov + 1 + c->niov > MAX_IOV) {
+            int fits = bad || bytes + REC_HDR + c->len <= room;
+            if ((bad && n) || niov + 1 + c->niov > MAX_IOV || !fits) {
                 q->last_avail--;          /* first of the next batch: put-backs stay a tail */
+                *full = !fits;
                 break;
             }
             if (bad) {
@@ -137,9 +150,10 @@ static void take_batch(relay *r, relay_vhost *v, uint64_t ts, uint32_t *n_out, u
             r->viov[niov].iov_len = REC_HDR;
             memcpy(r->viov + niov + 1, c->iov, c->niov * sizeof c->iov[0]);
             niov += 1 + c->niov;
+            bytes += REC_HDR + c->len;
             n++;
         }
-        if (n || !vq_notify_on(q))
+        if (n || *full || !vq_notify_on(q))
             break;                        /* frames; or none, and the guest kicks next time */
     }
     if (drops)
@@ -169,8 +183,8 @@ int rl_vh_tx_pcap(relay *r, int *res)
     *res = 0;
     if (!r->vh_own)
         rl_vh_try_claim(r);
-    if (!r->vh_own || r->vh_dirty)
-        return -1;                        /* the general path reads the socket first */
+    if (!r->vh_own || r->vh_dirty || __atomic_load_n(&o->kind, __ATOMIC_RELAXED) != RELAY_KIND_PCAP)
+        return -1;                        /* the socket first; or not a pcap stream (a Lab link) */
     pthread_mutex_lock(&r->dst_lock);
     if (o->kind != RELAY_KIND_PCAP || o->fd < 0 || o->ghdr_off < o->ghdr_len || !plain_route(r) ||
         alloc_direct(r, 1) < 0) {
@@ -187,7 +201,16 @@ int rl_vh_tx_pcap(relay *r, int *res)
     vu_queue *q = &v->q[1];
     uint64_t ts = now_ns(), gso = 0;
     uint32_t n, niov;
-    take_batch(r, v, ts, &n, &niov, &gso);
+    int full;
+    take_batch(r, v, ts, pipe_room(o->fd), &n, &niov, &gso, &full);
+    if (n == 0 && full) {
+        /* the pipe cannot take the next frame whole: the general path copies it out and
+         * waits for room (a write here would stop halfway, and poll() wakes a writer as
+         * soon as one page is free) */
+        pthread_mutex_unlock(&v->tx_lock);
+        pthread_mutex_unlock(&r->dst_lock);
+        return -1;
+    }
     if (n == 0) {
         vq_signal(q);
         pthread_mutex_unlock(&v->tx_lock);
@@ -278,40 +301,20 @@ int rl_vh_tx_pcap(relay *r, int *res)
 
 /* ------------------------------------------------------------ pcap -> receive queue */
 
-/* The record at r->rpos (header complete and valid, incl bytes, not all read) straight
- * into the guest's receive buffers.  1 when it was taken (or the read buffer grew), 0
- * when the general path is to read it. */
-int rl_vh_rx_pcap(relay *r, uint32_t incl)
+/* rx_lock held: the source holds all of the incomplete record at rpos (incl bytes), and
+ * the guest's buffers for it are gathered (vh_rx_gather): the part already read is
+ * copied into them, the rest read straight into them, with the next record's header
+ * into the read buffer.  0 when it was handed to the guest; 1 when it was not but more
+ * of it is in the read buffer; -1 when nothing changed. */
+static int take_record(relay *r, relay_vhost *v, uint32_t incl, uint32_t nchain, uint32_t niov)
 {
-    relay_out *o = &r->dst;
-    size_t have = r->rend - r->rpos - REC_HDR;     /* of the payload, in the read buffer */
-    size_t rest = incl - have;
-    int inq = 0;
-    if (incl < DIRECT_RX_MIN || have >= incl || ioctl(r->src_fd, FIONREAD, &inq) < 0 ||
-        (size_t)inq < rest)
-        return 0;                                  /* not all there: a read could stop midway */
-    pthread_mutex_lock(&r->dst_lock);
-    relay_vhost *v = o->vh;
-    if (v == NULL || o->fd < 0 || !plain_route(r) || alloc_direct(r, 0) < 0) {
-        pthread_mutex_unlock(&r->dst_lock);
-        return 0;
-    }
-    pthread_mutex_lock(&v->rx_lock);
-    struct pollfd pf = { v->data, POLLIN, 0 };
-    uint32_t nchain, niov;
-    if (v->closed || v->cfd < 0 || v->guest_gone || v->data_eof || v->rx_starved ||
-        !vh_ready(v) || poll(&pf, 1, 0) != 0 || !vh_rx_gather(v, incl, &nchain, &niov)) {
-        pthread_mutex_unlock(&v->rx_lock);
-        pthread_mutex_unlock(&r->dst_lock);
-        return 0;                                  /* older frames wait in the socket, or no room */
-    }
     if (r->rpos) {                                 /* the record to the front: room for a header */
         memmove(r->rbuf, r->rbuf + r->rpos, r->rend - r->rpos);
         r->rbase += r->rpos;
         r->rend -= r->rpos;
         r->rpos = 0;
     }
-    /* the part already read is copied; the rest is read into the buffers after it */
+    size_t have = r->rend - REC_HDR, rest = incl - have;
     const uint8_t *pre = r->rbuf + REC_HDR;
     size_t skip = VU_NET_HDR, at = 0;
     uint32_t k = 0;
@@ -345,13 +348,11 @@ int rl_vh_rx_pcap(relay *r, uint32_t incl)
     if (got < 0 || (size_t)got < rest) {
         /* cannot happen with FIONREAD's count and one reader; if it does, what was read
          * goes into the read buffer and the general path goes on from there */
-        if (got > 0) {
-            gather(r->rbuf + r->rend, r->viov, k - 1, 0, (size_t)got);
-            r->rend += (size_t)got;
-        }
-        pthread_mutex_unlock(&v->rx_lock);
-        pthread_mutex_unlock(&r->dst_lock);
-        return got > 0;
+        if (got <= 0)
+            return -1;
+        gather(r->rbuf + r->rend, r->viov, k - 1, 0, (size_t)got);
+        r->rend += (size_t)got;
+        return 1;
     }
     uint64_t ts = now_ns();
     if (tracing(r)) {
@@ -365,16 +366,69 @@ int rl_vh_rx_pcap(relay *r, uint32_t incl)
     r->last_sec = get32(r, r->rbuf);
     r->have_ts = 1;
     vh_rx_commit(v, nchain, incl);
-    vq_signal(&v->q[0]);
-    pthread_mutex_unlock(&v->rx_lock);
     stat_add(&r->st->frames, 1);
     stat_add(&r->st->bytes, incl);
-    pthread_mutex_unlock(&r->dst_lock);
     /* the record is consumed; what came after it is the next header (or part of it) */
     size_t tail = (size_t)got - rest;
     memmove(r->rbuf, r->rbuf + r->rend, tail);
     r->rbase += r->rend + rest;
     r->rpos = 0;
     r->rend = tail;
-    return 1;
+    return 0;
+}
+
+/* The source holds all of the incomplete record at rpos, of at least DIRECT_RX_MIN bytes. */
+static int whole_in_source(relay *r)
+{
+    int inq = 0;
+    size_t have = r->rend - r->rpos - REC_HDR;
+    return r->pend_incl >= DIRECT_RX_MIN && have < r->pend_incl &&
+           ioctl(r->src_fd, FIONREAD, &inq) == 0 && (size_t)inq >= r->pend_incl - have;
+}
+
+int rl_vh_rx_pcap(relay *r, uint32_t *n, int *bad)
+{
+    relay_out *o = &r->dst;
+    *n = 0;
+    *bad = 0;
+    if (!whole_in_source(r))
+        return 0;                                  /* not all there: a read could stop midway */
+    pthread_mutex_lock(&r->dst_lock);
+    relay_vhost *v = o->vh;
+    if (v == NULL || o->fd < 0 || !plain_route(r) || alloc_direct(r, 0) < 0) {
+        pthread_mutex_unlock(&r->dst_lock);
+        return 0;
+    }
+    pthread_mutex_lock(&v->rx_lock);
+    struct pollfd pf = { v->data, POLLIN, 0 };
+    int moved = 0, given = 0;
+    if (!v->closed && v->cfd >= 0 && !v->guest_gone && !v->data_eof && !v->rx_starved &&
+        vh_ready(v) && poll(&pf, 1, 0) == 0) {     /* no older frame waits in the socket */
+        /* records straight into the guest while they come whole and large; the next
+         * small or incomplete one ends the run (and goes the general way) */
+        while (given < PCAP_BATCH) {
+            uint32_t nchain, niov;
+            if (!vh_rx_gather(v, r->pend_incl, &nchain, &niov))
+                break;                             /* no room: the general path waits for it */
+            int t = take_record(r, v, r->pend_incl, nchain, niov);
+            if (t < 0)
+                break;
+            moved = 1;
+            if (t > 0)
+                break;
+            if (++given % 4 == 0)
+                vq_signal(&v->q[0]);
+            if (rl_pcap_parse(r, n) == RD_BAD) {
+                *bad = 1;
+                break;
+            }
+            if (*n || !whole_in_source(r))
+                break;                             /* complete records: the general path */
+        }
+        if (given % 4)
+            vq_signal(&v->q[0]);
+    }
+    pthread_mutex_unlock(&v->rx_lock);
+    pthread_mutex_unlock(&r->dst_lock);
+    return moved;
 }
