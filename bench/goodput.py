@@ -376,15 +376,13 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     # queue (STDPKT_VHOST_RING=0: how vhost ports worked before relay/vhost_ring.c)
     "lab+vhost+sock": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RING": "0"}),
     "pipe+vhost+sock": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_VHOST_RING": "0"}),
-    # the relays of a pipe copy every frame through their own buffers (STDPKT_RELAY_DIRECT=0:
-    # how pipes worked before relay/vhost_pcap.c wrote into the pipe from guest memory),
-    # and the receiving relay also reads large records straight into guest memory (3)
-    "pipe+copy": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "0"}),
+    # the direct paths of relay/vhost_pcap.c (STDPKT_RELAY_DIRECT; off by default): the
+    # sending relay writes pcap records into the pipe from guest memory (1), and the
+    # receiving one also reads large records straight into guest memory (3)
+    "pipe+txdirect": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "1"}),
     "pipe+rxdirect": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "3"}),
     # 4 frames per relay batch instead of 16 (a pipe's two ends hold its lock 4x shorter)
     "pipe+batch4": functools.partial(run_pipe, env={"STDPKT_RELAY_SOCK_BATCH": "4"}),
-    "pipe+copy+batch4": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "0",
-                                                         "STDPKT_RELAY_SOCK_BATCH": "4"}),
     # the vhost port interrupts the guest every N received frames (default 32)
     "lab+vhost+sig4": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "4"}),
     "lab+vhost+sig128": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RX_SIGNAL": "128"}),

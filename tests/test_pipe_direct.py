@@ -4,8 +4,8 @@ Two `stdpkt run` instances joined by a pipe (a `tee` in the middle) and a FIFO b
 as the paper's pipeline.  With checksum offload a corrupted byte would not be caught
 by the guests' TCP (the checksum of a frame on the pipe is completed by the receiving
 port), so the test compares SHA-256 digests of what was sent and what arrived, both
-ways, for each setting of ``STDPKT_RELAY_DIRECT`` (0: every frame copied through the
-relay's buffers; 1: the default, written into the pipe from guest memory; 3: large
+ways, for each setting of ``STDPKT_RELAY_DIRECT`` (0, the default: every frame copied
+through the relay's buffers; 1: written into the pipe from guest memory; 3: large
 records also read straight into guest memory); and tcpdump reads the tee'd stream.
 """
 

@@ -198,7 +198,7 @@ int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int
     if (r->sock_batch == 0)
         r->sock_batch = SOCK_BATCH;
     r->spin_ns = env_u64("STDPKT_RELAY_SPIN_US", 0, 1000000) * 1000u;
-    r->direct = (int)env_u64("STDPKT_RELAY_DIRECT", 1, 3);
+    r->direct = (int)env_u64("STDPKT_RELAY_DIRECT", 0, 3);
     rc = rl_alloc_io(r);
     if (rc < 0) {
         rl_set_err(r, "out of memory");

@@ -157,8 +157,8 @@ struct relay {
     uint64_t spin_ns;             /* busy-poll the source this long before sleeping:
                                    * STDPKT_RELAY_SPIN_US (0: off, the default) */
     int direct;                   /* the direct paths of vhost_pcap.c, STDPKT_RELAY_DIRECT:
-                                   * bit 0 transmit (the default: 1), bit 1 receive;
-                                   * 0: the general path only */
+                                   * bit 0 transmit, bit 1 receive; 0 (the default):
+                                   * the general path only */
 
     /* a vhost-user port whose transmit queue this relay reads itself (vhost_ring.c) */
     struct relay_vhost *vh;
