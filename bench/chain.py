@@ -50,7 +50,8 @@ except ImportError:  # run from a checkout without installing
 import networkx as nx  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from stdpkt_lab.engine.instance import Instance, grow_socket_buffers  # noqa: E402
+from stdpkt_lab.engine.instance import Instance  # noqa: E402
+from stdpkt_lab.engine.port_ends import grow_socket_buffers  # noqa: E402
 from stdpkt_lab.engine.spec import PORTS_VARIABLE, InstanceSpec, PortSpec  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -75,7 +75,8 @@ except ImportError:  # run from a checkout without installing
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from stdpkt_lab.engine.instance import Instance, grow_socket_buffers  # noqa: E402
+from stdpkt_lab.engine.instance import Instance  # noqa: E402
+from stdpkt_lab.engine.port_ends import grow_socket_buffers  # noqa: E402
 from stdpkt_lab.engine.spec import InstanceSpec, PortSpec, port_kind  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

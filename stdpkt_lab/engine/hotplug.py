@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from ..errors import InstanceError, StateError
-from .instance import Instance, grow_socket_buffers
+from .instance import Instance
+from .port_ends import grow_socket_buffers
 from .spec import MAX_MTU, MAX_PORTS
 
 __all__ = ["plug", "unplug", "is_plugged", "plugged_ports"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import enum
 import os
-import re
 import socket
 import subprocess
 import threading
@@ -42,33 +41,21 @@ from ..errors import BootError, ConfigError, EnvironmentProblem, InstanceDied, S
 from . import bootprofile, quota
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
+from .console import Marker, keep_in_tail, read_console, worth_showing
 from .cpus import claim_core
 from .guest_files import copy_into, guest_init, hidden_in_guest, write_guest_files
 from .mconsole import MConsole
 from .ownership import add_owner, create_owned_subdir, remove_run_dir
 from .paths import kernel_binary, make_run_root
+from .port_ends import open_port_ends
 from .spec import InstanceSpec, pool_mismatch
 from .teardown import close_quietly, end_processes
-from .vhost import VhostPort, random_mac
+from .vhost import VhostPort
 
 if TYPE_CHECKING:
     from .agent import AgentClient, ExecResult
 
 __all__ = ["Instance", "InstanceState"]
-
-_MARKER = "@@STDPKT "
-#: Kernel stack dumps push the useful lines out of a console tail.
-_STACK_DUMP = re.compile(r"^(\s*\[<[0-9a-f]+>\]|( [0-9a-f]{8})+\s*$|Stack:|Call Trace:)")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-#: Console lines the kernel prints on every boot; shown only in the console tail.
-_NOISE = re.compile(
-    r"^(Warning: tempdir .* is not on tmpfs|SELinux: |mmapper_init|Failed to initialize ubd"
-    r"|check_one_sigio|Failed to write utmp|Powering off|reboot: |Checking that ptrace"
-    r"|Checking syscall emulation|Checking advanced syscall|Checking environment variables"
-    r"|Checking if host processor|Core dump limits|Checking PROT_EXEC|Checking for tmpfs"
-    r"|Adding \d+ bytes to physical memory|Linux version |uml-vector .* netif_napi_add_weight|$)"
-)
-
 
 class InstanceState(enum.Enum):
     CREATED = "created"
@@ -401,42 +388,8 @@ class Instance:
 
         guest_fds: list[int] = []
         try:
-            ports: list[bootprofile.VectorPort] = []
-            for port in spec.ports:
-                if port.tap is not None:
-                    ports.append(bootprofile.VectorPort(mtu=port.mtu, tap=port.tap, mac=port.mac))
-                    self._host_ports.append(None)
-                    continue
-                if port.fd is not None and port.vhost:  # our thread serves the caller's socket
-                    path = run_dir / f"vhost{port.index}.sock"
-                    self._vhost[port.index] = VhostPort(path, port.fd, mtu=port.mtu,
-                                                        mac=port.mac or random_mac(),
-                                                        offload=port.offload)
-                    ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=path.name))
-                    self._host_ports.append(None)
-                    continue
-                if port.fd is not None:  # the caller's socket: the kernel gets a duplicate
-                    guest_fds.append(os.dup(port.fd))
-                    ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu, mac=port.mac))
-                    self._host_ports.append(None)
-                    continue
-                host_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                grow_socket_buffers(host_end)
-                grow_socket_buffers(guest_end)
-                self._host_ports.append(host_end)
-                if port.vhost:  # our thread serves the guest's virtio-net on guest_end
-                    path = run_dir / f"vhost{port.index}.sock"
-                    try:
-                        self._vhost[port.index] = VhostPort(path, guest_end, mtu=port.mtu,
-                                                            mac=port.mac or random_mac(),
-                                                            offload=port.offload,
-                                                            host_end=host_end)
-                    finally:
-                        guest_end.close()
-                    ports.append(bootprofile.VectorPort(mtu=port.mtu, vhost=path.name))
-                    continue
-                guest_fds.append(guest_end.detach())
-                ports.append(bootprofile.VectorPort(fd=guest_fds[-1], mtu=port.mtu, mac=port.mac))
+            ports = open_port_ends(spec.ports, run_dir, host_ends=self._host_ports,
+                                   vhost=self._vhost, guest_fds=guest_fds)
             cons_r, cons_w = os.pipe()
             self._fds.append(cons_r)
             guest_fds.append(cons_w)
@@ -510,16 +463,14 @@ class Instance:
                                  pooled_blank=self._pooled and not self._configured)
 
     def _watch_console(self, fd: int) -> None:
-        with os.fdopen(fd, "rb", buffering=65536) as stream:
-            for raw in stream:
-                line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n").replace("\r", "")
-                if line.startswith(_MARKER):
-                    self._on_marker(line[len(_MARKER):])
-                    continue
-                if not _STACK_DUMP.match(line):
-                    self._tail.append(line)
-                if self._on_console is not None and not _NOISE.match(line):
-                    self._on_console(line)
+        for line in read_console(fd):
+            if isinstance(line, Marker):
+                self._on_marker(line.text)
+                continue
+            if keep_in_tail(line):
+                self._tail.append(line)
+            if self._on_console is not None and worth_showing(line):
+                self._on_console(line)
         proc = self._proc
         if proc is not None:
             proc.wait()
@@ -582,22 +533,3 @@ class Instance:
             self._owns_run_dir = False
         if self._quota is not None:
             self._quota.release()
-
-
-#: Send/receive buffer asked for on each end of a port's socketpair. The kernel's default
-#: (212992 bytes) holds ~90 frames of MTU 1500: a guest or a relay writing a burst finds
-#: it full and waits for a write-ready signal. 4 MiB: MTU-1500 goodput through a 4-instance
-#: NAT/firewall chain ~0.3 -> ~0.6 Gbit/s (relays), ~0.5 -> ~0.9 (direct); see bench/.
-PORT_SOCKET_BUFFER = 4 << 20
-_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-
-
-def grow_socket_buffers(sock: socket.socket, size: int = PORT_SOCKET_BUFFER) -> None:
-    """Raise a port socket's buffers to ``size``: beyond net.core.[rw]mem_max when allowed
-    (CAP_NET_ADMIN), else as far as those limits go (stock Debian: 212992, no gain)."""
-    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
