@@ -48,7 +48,7 @@ static int alloc_direct(relay *r, int tx)
         r->vsnap = malloc(r->tsnap);
     if (tx && r->vtx == NULL) {
         r->vtx = calloc(r->sock_batch, sizeof *r->vtx);
-        r->vhdr = calloc(r->sock_batch, REC_HDR);
+        r->vhdr = calloc(r->sock_batch, REC_HDR + 1);   /* then a GSO flag per frame */
     }
     return r->viov == NULL || (r->tslots && r->vsnap == NULL) ||
                    (tx && (r->vtx == NULL || r->vhdr == NULL))
@@ -116,10 +116,12 @@ static size_t pipe_room(int fd)
     return inq < size ? (size_t)(size - inq) : 0;
 }
 
-/* tx_lock held: takes up to sock_batch frames from the transmit queue into r->vtx and
- * the record iovecs r->viov (a header, then the guest's buffers).  *n frames, *niov. */
+/* tx_lock held: takes up to sock_batch frames, at most room bytes of records, from the
+ * transmit queue into r->vtx and the record iovecs r->viov (a header, then the guest's
+ * buffers), each frame's GSO flag after the headers.  *n frames, *niov; *full: the next
+ * frame did not fit in room. */
 static void take_batch(relay *r, relay_vhost *v, uint64_t ts, size_t room, uint32_t *n_out,
-                       uint32_t *niov_out, uint64_t *gso, int *full)
+                       uint32_t *niov_out, int *full)
 {
     vu_queue *q = &v->q[1];
     uint32_t n = 0, niov = 0;
@@ -147,8 +149,7 @@ static void take_batch(relay *r, relay_vhost *v, uint64_t ts, size_t room, uint3
                 vq_push(q, c->head, 0);
                 continue;
             }
-            if (h.gso_type != VNH_GSO_NONE)
-                (*gso)++;
+            r->vhdr[(size_t)r->sock_batch * REC_HDR + n] = h.gso_type != VNH_GSO_NONE;
             uint8_t *hd = r->vhdr + (size_t)n * REC_HDR;
             put_rec_hdr(hd, ts, (uint32_t)c->len, (uint32_t)c->len);
             r->viov[niov].iov_base = hd;
@@ -207,7 +208,7 @@ int rl_vh_tx_pcap(relay *r, int *res)
     uint64_t ts = now_ns(), gso = 0;
     uint32_t n, niov;
     int full;
-    take_batch(r, v, ts, pipe_room(o->fd), &n, &niov, &gso, &full);
+    take_batch(r, v, ts, pipe_room(o->fd), &n, &niov, &full);
     if (n == 0 && full) {
         /* the pipe cannot take the next frame whole: the general path copies it out and
          * waits for room (a write here would stop halfway, and poll() wakes a writer as
@@ -260,6 +261,7 @@ int rl_vh_tx_pcap(relay *r, int *res)
         tx_trace(r, taken, ts);
     for (uint32_t j = 0; j < taken; j++) {
         bytes += r->vtx[j].len;
+        gso += r->vhdr[(size_t)r->sock_batch * REC_HDR + j];
         vq_push(q, r->vtx[j].head, 0);
     }
     q->last_avail = (uint16_t)(q->last_avail - (n - taken));   /* not taken: next time */
