@@ -205,6 +205,9 @@ static inline void vh_add(uint64_t *p, uint64_t n)
 void vh_do_tx(relay_vhost *v);
 void vh_do_rx(relay_vhost *v);
 int vh_strip_header(vu_chain *c, vnet_hdr *h);
+/* Takes the transmit queue's next frame, its virtio-net header stripped into h: 0, or -1
+ * for a bad chain or frame length (*why says which; the chain is taken all the same). */
+int vh_pop_tx(relay_vhost *v, vu_chain *c, vnet_hdr *h, const char **why);
 /* vhost_ring.c: a relay reading the transmit queue */
 void vh_pass_kick(relay_vhost *v);           /* tx_lock held: the owner may have missed a kick */
 void vh_revoke(relay_vhost *v);              /* tx_lock held: the queues change, owner lets go */

@@ -53,6 +53,18 @@ int vh_strip_header(vu_chain *c, vnet_hdr *h)
     return 0;
 }
 
+int vh_pop_tx(relay_vhost *v, vu_chain *c, vnet_hdr *h, const char **why)
+{
+    *why = NULL;
+    if (vq_pop(&v->q[1], &v->mem, 0, c, why) < 0 || vh_strip_header(c, h) < 0 ||
+        c->len < RELAY_FRAME_MIN || c->len > RELAY_FRAME_MAX) {
+        if (*why == NULL)
+            *why = "bad frame length";
+        return -1;
+    }
+    return 0;
+}
+
 static int wait_out(relay_vhost *v)
 {
     struct pollfd p[2] = { { v->data, POLLOUT, 0 }, { v->stopfd, POLLIN, 0 } };
@@ -120,9 +132,8 @@ void vh_do_tx(relay_vhost *v)
             const char *why = NULL;
             vnet_hdr h;
             vu_chain *c = &ch[n];
-            if (vq_pop(q, &v->mem, 0, c, &why) < 0 || vh_strip_header(c, &h) < 0 ||
-                c->len < RELAY_FRAME_MIN || c->len > RELAY_FRAME_MAX) {
-                vh_err(v, "transmit queue: %s", why ? why : "bad frame length");
+            if (vh_pop_tx(v, c, &h, &why) < 0) {
+                vh_err(v, "transmit queue: %s", why);
                 vh_add(&v->st.tx_drops, 1);
                 vq_push(q, c->head, 0);
                 continue;

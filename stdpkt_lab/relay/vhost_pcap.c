@@ -135,8 +135,7 @@ static void take_batch(relay *r, relay_vhost *v, uint64_t ts, size_t room, uint3
             vu_chain *c = &r->vtx[n];
             const char *why = NULL;
             vnet_hdr h;
-            int bad = vq_pop(q, &v->mem, 0, c, &why) < 0 || vh_strip_header(c, &h) < 0 ||
-                      c->len < RELAY_FRAME_MIN || c->len > RELAY_FRAME_MAX;
+            int bad = vh_pop_tx(v, c, &h, &why) < 0;
             int fits = bad || bytes + REC_HDR + c->len <= room;
             if ((bad && n) || niov + 1 + c->niov > MAX_IOV || !fits) {
                 q->last_avail--;          /* first of the next batch: put-backs stay a tail */
@@ -144,7 +143,7 @@ static void take_batch(relay *r, relay_vhost *v, uint64_t ts, size_t room, uint3
                 break;
             }
             if (bad) {
-                vh_err(v, "transmit queue: %s", why ? why : "bad frame length");
+                vh_err(v, "transmit queue: %s", why);
                 drops++;
                 vq_push(q, c->head, 0);
                 continue;

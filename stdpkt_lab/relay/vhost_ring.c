@@ -122,9 +122,8 @@ static int read_ring(relay *r, uint32_t *n)
         while (*n < r->sock_batch && avail-- > 0) {
             const char *why = NULL;
             vnet_hdr h;
-            if (vq_pop(q, &v->mem, 0, &c, &why) < 0 || vh_strip_header(&c, &h) < 0 ||
-                c.len < RELAY_FRAME_MIN || c.len > RELAY_FRAME_MAX) {
-                vh_err(v, "transmit queue: %s", why ? why : "bad frame length");
+            if (vh_pop_tx(v, &c, &h, &why) < 0) {
+                vh_err(v, "transmit queue: %s", why);
                 drops++;
                 vq_push(q, c.head, 0);
                 continue;
