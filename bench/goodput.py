@@ -377,11 +377,16 @@ LEVER_RUNNERS: dict[str, Callable[..., None]] = {
     # queue (STDPKT_VHOST_RING=0: how vhost ports worked before relay/vhost_ring.c)
     "lab+vhost+sock": functools.partial(run_relay, vhost=True, env={"STDPKT_VHOST_RING": "0"}),
     "pipe+vhost+sock": functools.partial(run_pipe, env={"STDPKT_PORTS": "vhost", "STDPKT_VHOST_RING": "0"}),
-    # the direct paths of relay/vhost_pcap.c (STDPKT_RELAY_DIRECT; off by default): the
-    # sending relay writes pcap records into the pipe from guest memory (1), and the
-    # receiving one also reads large records straight into guest memory (3)
+    # the direct paths of relay/vhost_pcap.c (STDPKT_RELAY_DIRECT, default 4: transmit
+    # frames spliced into a pipe whose reader is a relay, relay/vhost_splice.c).  0: the
+    # general path, every frame copied twice on the way in (the default until the tenth
+    # session); 1: the sending relay writes pcap records into the pipe from guest memory;
+    # 3: the receiving one also reads large records straight into guest memory; 7: 3 and
+    # splicing
+    "pipe+copy": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "0"}),
     "pipe+txdirect": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "1"}),
     "pipe+rxdirect": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "3"}),
+    "pipe+splice": functools.partial(run_pipe, env={"STDPKT_RELAY_DIRECT": "7"}),
     # 4 frames per relay batch instead of 16 (a pipe's two ends hold its lock 4x shorter)
     "pipe+batch4": functools.partial(run_pipe, env={"STDPKT_RELAY_SOCK_BATCH": "4"}),
     # the vhost port interrupts the guest every N received frames (default 32)

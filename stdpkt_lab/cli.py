@@ -189,8 +189,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             control.stop()
         for served in ports:
             served.stop()
+        port_stats = {}
+        if args.verbose:  # before the instance stops: that closes its vhost ports
+            for index, vport in instance.vhost_ports().items():
+                try:
+                    port_stats[index] = vport.stats
+                except StdpktError:
+                    pass
         instance.stop()
         if args.verbose:
+            for index, vstats in port_stats.items():
+                _say(f"stdpkt: {config.spec.name} eth{index} port: {vstats}")
             for served in ports:
                 for direction, stats in served.stats().items():
                     if stats is not None:

@@ -83,6 +83,8 @@ class VhostStats:
     tx_relayed: int = 0
     #: of ``rx_frames``: written into the receive queue by a pump itself
     rx_relayed: int = 0
+    #: of ``tx_relayed``: spliced into a pipe whose reader copies (relay/vhost_splice.c)
+    tx_spliced: int = 0
 
 
 class VhostPort:
@@ -171,7 +173,7 @@ class VhostPort:
         names = frozenset(n for bit, n in FEATURE_NAMES.items() if s.features >> bit & 1)
         return VhostStats(s.tx_frames, s.tx_bytes, s.tx_drops, s.tx_gso, s.rx_frames, s.rx_bytes,
                           s.rx_drops, s.rx_gso, names, bool(s.connected), bool(s.ready),
-                          s.tx_relayed, s.rx_relayed)
+                          s.tx_relayed, s.rx_relayed, s.tx_spliced)
 
     @property
     def last_error(self) -> str:

@@ -16,7 +16,9 @@ static int group_wait(relay **rs, uint32_t n, uint32_t *ended, int *res)
 {
     struct pollfd p[RELAY_GROUP_MAX * GROUP_FDS];
     for (;;) {
+        int held = 0;
         for (uint32_t i = 0; i < n; i++) {
+            held |= rs[i]->held_n != 0;   /* frames a pipe refers to (vhost_splice.c) */
             if (stopping(rs[i])) {
                 *ended = i;
                 *res = RELAY_STOPPED;
@@ -34,7 +36,9 @@ static int group_wait(relay **rs, uint32_t n, uint32_t *ended, int *res)
             for (int k = 0; k < GROUP_FDS; k++)
                 q[k].revents = 0;
         }
-        if (poll(p, n * GROUP_FDS, -1) < 0) {
+        struct timespec release = { 0, RL_RELEASE_NS };
+        int got = ppoll(p, n * GROUP_FDS, held ? &release : NULL, NULL);
+        if (got < 0) {
             if (errno == EINTR)
                 continue;
             rl_set_err(rs[0], "poll on sources: %s", strerror(errno));
@@ -42,6 +46,8 @@ static int group_wait(relay **rs, uint32_t n, uint32_t *ended, int *res)
             *res = RELAY_ERROR;
             return 1;
         }
+        if (got == 0)
+            return 0;                     /* a round: held frames the reader has read go back */
         int ready = 0, kicked = 0;
         for (uint32_t i = 0; i < n; i++) {
             struct pollfd *q = p + i * GROUP_FDS;

@@ -167,7 +167,10 @@ ssize_t rl_dst_write_once(relay_out *o, struct iovec *iov, int cnt)
         mh.msg_iovlen = (size_t)cnt;
         return sendmsg(o->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
     }
-    return writev(o->fd, iov, cnt);
+    ssize_t w = writev(o->fd, iov, cnt);
+    if (w > 0)
+        o->wrote += (uint64_t)w;
+    return w;
 }
 
 /* Writes iov[0..cnt) completely to a byte-stream destination (dst lock held).

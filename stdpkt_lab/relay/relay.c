@@ -28,6 +28,7 @@ relay *relay_new(relay_stats *stats, uint32_t trace_slots, uint32_t trace_snap)
     r->st = stats;
     r->src_fd = r->dst.fd = -1;
     r->kickfd = -1;
+    r->reader_sock = -1;
     r->trace_on = 1;
     pthread_mutex_init(&r->dst_lock, NULL);
     pthread_mutex_init(&r->rules_lock, NULL);
@@ -64,6 +65,7 @@ static void rl_free_io(relay *r)
     free(r->wmm);
     free(r->fid);
     rl_direct_free(r);
+    rl_held_free(r);
     r->fid = NULL;
     r->rbuf = r->slots = NULL;
     r->rmm = r->wmm = NULL;
@@ -80,6 +82,9 @@ static void rl_close_fds(relay *r)
     if (r->dst.fd >= 0)
         close(r->dst.fd);
     r->src_fd = r->dst.fd = -1;
+    if (r->reader_sock >= 0)
+        close(r->reader_sock);
+    r->reader_sock = -1;
     rl_vh_drop_dst(&r->dst);
     for (uint32_t i = 0; i < r->nrules; i++) {
         if (r->rules[i]->out.fd >= 0)
@@ -198,7 +203,9 @@ int relay_open(relay *r, int src_fd, int src_kind, int dst_fd, int dst_kind, int
     if (r->sock_batch == 0)
         r->sock_batch = SOCK_BATCH;
     r->spin_ns = env_u64("STDPKT_RELAY_SPIN_US", 0, 1000000) * 1000u;
-    r->direct = (int)env_u64("STDPKT_RELAY_DIRECT", 0, 3);
+    r->direct = (int)env_u64("STDPKT_RELAY_DIRECT", 4, 7);
+    if (src_kind == RELAY_KIND_PCAP)
+        rl_reader_announce(r);        /* this relay copies what it reads (vhost_splice.c) */
     rc = rl_alloc_io(r);
     if (rc < 0) {
         rl_set_err(r, "out of memory");
@@ -234,12 +241,16 @@ static int wait_src(relay *r)
         p[4].fd = r->vh_own ? r->vh_kick : -1;   /* the guest's transmit queue (vhost_ring.c) */
         p[4].events = POLLIN;
         p[0].revents = p[1].revents = p[2].revents = p[3].revents = p[4].revents = 0;
-        if (poll(p, 5, -1) < 0) {
+        struct timespec release = { 0, RL_RELEASE_NS };
+        int k = ppoll(p, 5, r->held_n ? &release : NULL, NULL);
+        if (k < 0) {
             if (errno == EINTR)
                 continue;
             rl_set_err(r, "poll on source: %s", strerror(errno));
             return RELAY_ERROR;
         }
+        if (k == 0)
+            return 0;     /* frames held for a pipe's reader: see what it has read */
         if (p[1].revents)
             return RELAY_STOPPED;
         if (p[3].revents) {
@@ -314,7 +325,9 @@ int rl_step(relay *r, int *idle)
     *idle = 0;
     if (stopping(r))
         return RELAY_STOPPED;
-    if (r->vh != NULL && (r->direct & 1) && r->src_kind != RELAY_KIND_PCAP) {
+    if (r->held_n)
+        rl_held_service(r);           /* what the pipe's reader has read goes back to the guest */
+    if (r->vh != NULL && (r->direct & 5) && r->src_kind != RELAY_KIND_PCAP) {
         int res, dst = rl_vh_tx_pcap(r, &res);   /* guest buffers -> a pcap stream */
         if (dst >= 0) {
             if (res)

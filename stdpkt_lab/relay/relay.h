@@ -207,6 +207,7 @@ typedef struct relay_vhost_stats {
     uint32_t ready;          /* both queues are running */
     uint64_t tx_relayed;     /* of tx_frames: read from the queue by a relay itself (vhost_ring.c) */
     uint64_t rx_relayed;     /* of rx_frames: written into the queue by a relay itself */
+    uint64_t tx_spliced;     /* of tx_relayed: spliced into a pipe, not copied (vhost_splice.c) */
 } relay_vhost_stats;
 
 /* Listens on path (a new unix stream socket; removed once the guest connects or at

@@ -80,6 +80,8 @@ typedef struct relay_out {
     uint8_t ghdr[GHDR];           /* global header still to be written */
     uint32_t ghdr_off, ghdr_len;
     struct relay_vhost *vh;       /* the default destination is this port's host end (vhost_ring.c) */
+    uint64_t wrote;               /* bytes written to fd so far (vhost_splice.c counts on it) */
+    uint32_t epoch;               /* bumped by every new default destination (relay_set_dst) */
 } relay_out;
 
 typedef struct steer_rule {
@@ -157,8 +159,10 @@ struct relay {
     uint64_t spin_ns;             /* busy-poll the source this long before sleeping:
                                    * STDPKT_RELAY_SPIN_US (0: off, the default) */
     int direct;                   /* the direct paths of vhost_pcap.c, STDPKT_RELAY_DIRECT:
-                                   * bit 0 transmit, bit 1 receive; 0 (the default):
-                                   * the general path only */
+                                   * bit 0 transmit, bit 1 receive, bit 2 transmit by
+                                   * vmsplice() into a pipe whose reader copies
+                                   * (vhost_splice.c); 4, the default: splice where
+                                   * that holds, else the general path */
 
     /* a vhost-user port whose transmit queue this relay reads itself (vhost_ring.c) */
     struct relay_vhost *vh;
@@ -171,6 +175,15 @@ struct relay {
     uint8_t *vhdr;                /* its record headers */
     struct iovec *viov;           /* MAX_IOV: the iovecs of one writev() / readv() */
     uint8_t *vsnap;               /* trace_snap bytes: a frame's start for the trace ring */
+    /* transmit frames spliced into a pipe, until its reader has read them (vhost_splice.c) */
+    struct rl_held *held;         /* RL_HELD_MAX: their heads, oldest at held_tail */
+    uint8_t *held_hdr;            /* RL_HELD_MAX * REC_HDR: their record headers */
+    uint32_t held_tail, held_n;
+    uint32_t held_gen, held_epoch;  /* the queue's generation, the destination's epoch */
+    int reader_sock;              /* -1, or the name saying this relay copies its pipe source */
+    int vs_ok;                    /* the destination's reader copies (for epoch vs_epoch - 1) */
+    uint32_t vs_epoch;
+    uint64_t vs_probe_ns;         /* when to look for the reader's name again */
 
     /* trace ring */
     pthread_mutex_t trace_lock;
@@ -277,6 +290,17 @@ RL_HIDDEN int rl_vh_tx_pcap(relay *r, int *res);
  * *bad: the stream is bad), or more of it was read; 0: read it the general way */
 RL_HIDDEN int rl_vh_rx_pcap(relay *r, uint32_t *n, int *bad);
 RL_HIDDEN void rl_direct_free(relay *r);
+/* vhost_splice.c */
+#define RL_HELD_MAX 1024
+#define RL_RELEASE_NS 100000          /* held frames: the loop looks again at least this often */
+RL_HIDDEN void rl_reader_announce(relay *r);
+RL_HIDDEN int rl_splice_usable(relay *r, relay_out *o);        /* dst_lock held */
+RL_HIDDEN uint8_t *rl_held_hdr(relay *r, uint32_t k);
+RL_HIDDEN void rl_held_add(relay *r, uint16_t head, uint64_t end);
+RL_HIDDEN void rl_held_release_locked(relay *r, struct relay_vhost *v);
+RL_HIDDEN void rl_held_service(relay *r);
+RL_HIDDEN void rl_held_finish(relay *r);
+RL_HIDDEN void rl_held_free(relay *r);
 /* steer.c */
 RL_HIDDEN int rl_write_batch(relay *r, uint32_t n, uint64_t ts);
 RL_HIDDEN void rl_kick(relay *r);

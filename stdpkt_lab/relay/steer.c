@@ -171,6 +171,7 @@ int relay_set_dst(relay *r, int fd, int kind, int write_header)
     o.kind = kind;
     o.is_sock = is_sock;
     rl_ctl_lock(r);
+    o.epoch = r->dst.epoch + 1;
     if (r->dst.fd < 0) {
         rl_ctl_unlock(r);
         close(nfd);

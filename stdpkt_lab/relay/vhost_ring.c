@@ -171,6 +171,7 @@ void rl_vh_release(relay *r)
     relay_vhost *v = r->vh;
     if (v == NULL)
         return;
+    rl_held_finish(r);                    /* frames a pipe still refers to go back first */
     pthread_mutex_lock(&v->tx_lock);
     if (v->tx_owner == (void *)r) {
         __atomic_store_n(&v->tx_owner, NULL, __ATOMIC_RELEASE);
