@@ -297,7 +297,6 @@ RL_HIDDEN void rl_reader_announce(relay *r);
 RL_HIDDEN int rl_splice_usable(relay *r, relay_out *o);        /* dst_lock held */
 RL_HIDDEN uint8_t *rl_held_hdr(relay *r, uint32_t k);
 RL_HIDDEN void rl_held_add(relay *r, uint16_t head, uint64_t end);
-RL_HIDDEN void rl_held_release_locked(relay *r, struct relay_vhost *v);
 RL_HIDDEN void rl_held_service(relay *r);
 RL_HIDDEN void rl_held_finish(relay *r);
 RL_HIDDEN void rl_held_free(relay *r);

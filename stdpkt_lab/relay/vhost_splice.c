@@ -152,11 +152,6 @@ static void release_locked(relay *r, relay_vhost *v, int all)
         vq_signal(&v->q[1]);
 }
 
-void rl_held_release_locked(relay *r, relay_vhost *v)
-{
-    release_locked(r, v, 0);
-}
-
 void rl_held_service(relay *r)
 {
     relay_vhost *v = r->vh;
