@@ -62,6 +62,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -563,8 +564,12 @@ static void identity(void)
     write_proc("/proc/sys/net/ipv4/ip_forward", "1\n");
     /* TCP's buffer maxima of a host with 1 GiB or more (the kernel scales them to the
      * guest's memory: 0.9 MB at 128 MB, which caps a flow's window and, through a chain's
-     * longer round trip, its goodput; README, "The data path").  tcp_mem still bounds
-     * the guest's total. */
+     * longer round trip, its goodput; README, "The data path").  tcp_mem, the guest's
+     * total, is raised with them: the kernel's own (pressure at 1/16 of RAM, 7 MB at
+     * 128 MB) is one such window, so two flows into one guest pushed it into memory
+     * pressure, which pruned and dropped received segments inside the guest
+     * (TcpExtTCPRcvQDrop) and stalled the flows on retransmission timeouts.  Now: low
+     * 1/8 of RAM, pressure 1/4, hard limit 1/2 (in pages). */
     const char *tcp = env_or("STDPKT_TCP_BUFFERS", "host");
     unsigned long rmem = 6291456, wmem = 4194304;   /* the host checked RMEM,WMEM */
     if (strcmp(tcp, "host") != 0 && sscanf(tcp, "%lu,%lu", &rmem, &wmem) != 2)
@@ -574,6 +579,13 @@ static void identity(void)
         write_proc("/proc/sys/net/ipv4/tcp_rmem", path);
         snprintf(path, sizeof path, "4096 16384 %lu\n", wmem);
         write_proc("/proc/sys/net/ipv4/tcp_wmem", path);
+        struct sysinfo si;
+        long page = sysconf(_SC_PAGESIZE);
+        if (sysinfo(&si) == 0 && page > 0) {
+            unsigned long long pages = (unsigned long long)si.totalram * si.mem_unit / (unsigned long)page;
+            snprintf(path, sizeof path, "%llu %llu %llu\n", pages / 8, pages / 4, pages / 2);
+            write_proc("/proc/sys/net/ipv4/tcp_mem", path);
+        }
     }
 }
 

@@ -82,6 +82,11 @@ case "${STDPKT_TCP_BUFFERS:-host}" in
     *,*) echo "4096 131072 ${STDPKT_TCP_BUFFERS%,*}" > /proc/sys/net/ipv4/tcp_rmem
          echo "4096 16384 ${STDPKT_TCP_BUFFERS#*,}" > /proc/sys/net/ipv4/tcp_wmem ;;
 esac
+# ... and the guest's TCP total with them: low 1/8 of RAM, pressure 1/4, limit 1/2 (pages)
+if [ "${STDPKT_TCP_BUFFERS:-host}" != kernel ]; then
+    pages=$(awk '/^MemTotal:/ {print int($2 / 4)}' /proc/meminfo)
+    [ -n "$pages" ] && echo "$((pages / 8)) $((pages / 4)) $((pages / 2))" > /proc/sys/net/ipv4/tcp_mem
+fi
 # A gratuitous ARP as each socket port comes up (STDPKT_ANNOUNCE: not taps, which
 # fail for good if written before the host brings them up): neighbours learn us,
 # and the host sees the instance's first packet (bench/boot.py times it).

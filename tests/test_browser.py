@@ -49,11 +49,13 @@ lab = sl.Lab(g)
 lab.start()
 dash = lab.dashboard()
 dash"""
-# the kernel stays busy in this cell: the dashboard must keep moving all the same
-TRAFFIC = """\
-import time
-end = time.monotonic() + 14
-while time.monotonic() < end:
+# the kernel stays busy in this cell until the test has seen the dashboard move (it
+# writes STOP_FILE beside the notebook) or for 180 s: the dashboard must keep moving all the same
+STOP_FILE = "traffic.stop"
+TRAFFIC = f"""\
+import os, time
+end = time.monotonic() + 180
+while time.monotonic() < end and not os.path.exists({STOP_FILE!r}):
     lab.exec("client", "wget -qO /dev/null http://server/; ping -c 2 -i 0.2 -W 1 server >/dev/null")
 """
 STOP = "dash.close()\nlab.stop()\nprint('stopped', lab.state.value)"
@@ -76,8 +78,8 @@ def _notebook(path: Path) -> None:
 
 
 class Server:
-    def __init__(self, url: str, token: str, proc: subprocess.Popen) -> None:
-        self.url, self.token, self.proc = url, token, proc
+    def __init__(self, url: str, token: str, proc: subprocess.Popen, root: Path | None = None) -> None:
+        self.url, self.token, self.proc, self.root = url, token, proc, root
 
     def api(self, method: str, path: str) -> object:
         req = urllib.request.Request(f"{self.url}{path}", method=method,
@@ -111,7 +113,7 @@ def jupyter(tmp_path: Path) -> Iterator[Server]:
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
     log = open(tmp_path / "jupyter.log", "wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", token, proc)
+    server = Server(f"http://127.0.0.1:{port}", token, proc, root)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -211,7 +213,7 @@ def _check_dashboard(page, jupyter: Server) -> None:
     page.wait_for_timeout(1500)
     _run_cell(page, 0)
     page.locator(".stdpkt-plots canvas").first.wait_for(timeout=120_000)
-    _run_cell(page, 1)  # busy for 14 s
+    _run_cell(page, 1)  # busy until STOP_FILE exists
     page.wait_for_function(
         "() => [...document.querySelectorAll('.stdpkt-table td')].some(td => /TCP|ICMP/.test(td.textContent))",
         timeout=30_000)
@@ -224,6 +226,8 @@ def _check_dashboard(page, jupyter: Server) -> None:
     page.wait_for_timeout(3000)
     second_png, second_text, busy2 = plots.screenshot(), table.inner_text(), _prompts(page)
     page.screenshot(path=str(ARTIFACTS / "dashboard-2.png"), full_page=True)
+    assert jupyter.root is not None
+    (jupyter.root / STOP_FILE).write_text("seen\n")  # the traffic cell may end now
     (ARTIFACTS / "plots-1.png").write_bytes(first_png)
     (ARTIFACTS / "plots-2.png").write_bytes(second_png)
 
