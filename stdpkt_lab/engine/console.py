@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["MARKER", "Marker", "keep_in_tail", "read_console", "worth_showing"]
+__all__ = ["MARKER", "Marker", "death_reason", "keep_in_tail", "read_console", "worth_showing"]
 
 MARKER = "@@STDPKT "
 #: Kernel stack dumps push the useful lines out of a console tail.
@@ -53,3 +54,14 @@ def keep_in_tail(line: str) -> bool:
 def worth_showing(line: str) -> bool:
     """Not a line the kernel prints on every boot (nor an empty one)."""
     return not _NOISE.match(line)
+
+
+def death_reason(tail: Sequence[str], run_dir: Path | None) -> str | None:
+    """Why a kernel ended, when its console ``tail`` says (full run directory, panic)."""
+    if any("ran out of space" in line for line in tail):
+        return (f"the kernel died: the file system of its run directory {run_dir} is full "
+                "(guest memory is a file there): free space, or set STDPKT_RUNDIR")
+    panic = next((line for line in tail if line.startswith("Kernel panic")), None)
+    if panic:
+        return f"the kernel panicked: {panic}"
+    return None

@@ -22,7 +22,7 @@ from .spec import InstanceSpec, tcp_buffers
 if TYPE_CHECKING:
     from .confine import Confinement
 
-__all__ = ["GUEST_RUN_DIR", "copy_into", "guest_file", "guest_init", "hidden_in_guest",
+__all__ = ["GUEST_RUN_DIR", "copy_into", "guest_file", "guest_init", "guest_view", "hidden_in_guest",
            "world_readable", "write_guest_files"]
 
 #: Where the guest init binds the instance's run directory (lkl/init.sh).
@@ -136,6 +136,17 @@ def copy_into(path: str, run_dir: Path) -> str:
 
 #: Host directories the guest covers with its own tmpfs (lkl/init.sh) or devtmpfs.
 _GUEST_MOUNTS = ("/tmp", "/run", "/root", "/var/lib", "/var/log", "/dev")
+
+
+def guest_view(path: str | Path, run_dir: Path, confinement: Confinement) -> str:
+    """Where a guest sees the host file ``path``: the path itself, or a copy in its run
+    directory when the guest's mounts hide it or the kernel's user could not read it."""
+    host = str(Path(path).resolve())
+    if not hidden_in_guest(host) and not confinement.needs_private_copies:
+        return host
+    guest = copy_into(host, run_dir)
+    confinement.prepare_run_dir(run_dir)
+    return guest
 
 
 def hidden_in_guest(path: str) -> bool:

@@ -41,9 +41,10 @@ from ..errors import BootError, ConfigError, EnvironmentProblem, InstanceDied, S
 from . import bootprofile, quota
 from ._spawn import spawn
 from .confine import Confinement, choose_confinement
-from .console import Marker, keep_in_tail, read_console, worth_showing
+from .console import Marker, death_reason, keep_in_tail, read_console, worth_showing
 from .cpus import claim_core
-from .guest_files import copy_into, guest_init, hidden_in_guest, write_guest_files
+from .guest_channels import open_guest_channels
+from .guest_files import guest_init, guest_view, write_guest_files
 from .mconsole import MConsole
 from .ownership import add_owner, create_owned_subdir, remove_run_dir
 from .paths import kernel_binary, make_run_root
@@ -323,15 +324,9 @@ class Instance:
         """Where this guest sees the host file ``path`` (a program to run in it, say): the path
         itself, or a copy in the instance's run directory when the guest's own mounts hide it
         (a checkout under /tmp or /root) or the kernel's user could not read it."""
-        host = str(Path(path).resolve())
-        confinement = self._confinement
-        if self._run_dir is None or confinement is None:
+        if self._run_dir is None or self._confinement is None:
             raise StateError(f"instance {self.name!r} is not started")
-        if not hidden_in_guest(host) and not confinement.needs_private_copies:
-            return host
-        guest = copy_into(host, self._run_dir)
-        confinement.prepare_run_dir(self._run_dir)
-        return guest
+        return guest_view(path, self._run_dir, self._confinement)
 
     def read_file(self, path: str, *, timeout: float = 5.0) -> bytes:
         """Read a guest file without starting a process in the guest."""
@@ -344,14 +339,7 @@ class Instance:
     @property
     def death_reason(self) -> str | None:
         """Why the kernel ended, when its console says (full run directory, panic)."""
-        tail = list(self._tail)
-        if any("ran out of space" in line for line in tail):
-            return (f"the kernel died: the file system of its run directory {self._run_dir} is full "
-                    "(guest memory is a file there): free space, or set STDPKT_RUNDIR")
-        panic = next((line for line in tail if line.startswith("Kernel panic")), None)
-        if panic:
-            return f"the kernel panicked: {panic}"
-        return None
+        return death_reason(list(self._tail), self._run_dir)
 
     def _died(self, exc: InstanceDied) -> InstanceDied:
         """``exc`` with the reason the console gives, once the kernel has ended (<= 2 s)."""
@@ -390,21 +378,9 @@ class Instance:
         try:
             ports = open_port_ends(spec.ports, run_dir, host_ends=self._host_ports,
                                    vhost=self._vhost, guest_fds=guest_fds)
-            cons_r, cons_w = os.pipe()
-            self._fds.append(cons_r)
-            guest_fds.append(cons_w)
-            in_r, in_w = os.pipe()  # console input: held open, never written
-            self._fds.append(in_w)
-            guest_fds.append(in_r)
-            agent_fds = None
-            if spec.agent:
-                to_guest_r, to_guest_w = os.pipe()
-                from_guest_r, from_guest_w = os.pipe()
-                guest_fds += [to_guest_r, from_guest_w]
-                from .agent import AgentClient
-
-                self._agent = AgentClient(to_guest_w, from_guest_r, name=spec.name)
-                agent_fds = (to_guest_r, from_guest_w)
+            channels = open_guest_channels(spec.name, agent=spec.agent, ours=self._fds, theirs=guest_fds)
+            cons_r, cons_w, in_r = channels.console_read, channels.console_write, channels.input_read
+            self._agent, agent_fds = channels.agent, channels.agent_fds
 
             init, conf = self._write_guest_files(run_dir, confinement)
             confinement.prepare_run_dir(run_dir)
