@@ -5,6 +5,8 @@ pcap_stream: valid pcap streams (µs/ns, both byte orders, a second global heade
 mid-stream, large frames) and streams with errors (bad magic, wrong link type,
 a corrupt record header, a runt, a truncated tail, garbage between records),
 each behind the harness's flags byte.
+pcap_rx: pcap streams with large records, behind the harness's flags byte (guest
+buffers, a slow guest, offload, the stream in two parts).
 bpf: the programs the project's own filter compiler (stdpkt_lab.relay.bpf)
 makes for typical trace expressions, each with a packet.
 
@@ -94,6 +96,26 @@ def pcap_seeds() -> dict[str, bytes]:
     return out
 
 
+def pcap_rx_seeds() -> dict[str, bytes]:
+    """Streams with records of 4096 bytes and more (the direct receive path takes those),
+    behind flags for each kind of guest buffers, a slow guest, offload, two parts."""
+    mixed = [ipv4_tcp(size=9000), ipv4_icmp(), ipv4_tcp(size=4100), arp(), ipv4_tcp(size=12000),
+             ipv4_tcp(size=1400)]
+    streams = {
+        "mixed": pcap.encode(mixed, ts_ns=TS),
+        "max-frame": pcap.encode([ipv4_tcp(size=65550 - 54), ipv4_icmp()], ts_ns=TS),
+        "small-run": pcap.encode([ipv4_tcp(size=1400)] * 12 + [ipv4_tcp(size=8000)], ts_ns=TS),
+        "corrupt-after-large": pcap.encode(mixed[:3], ts_ns=TS)
+        + struct.pack("<IIII", 1, 2_000_000, 5000, 5000) + bytes(5000) + pcap.record(arp(), ts_ns=TS),
+        "truncated-large": pcap.encode(mixed[:3], ts_ns=TS)[:-100],
+    }
+    out = {}
+    for name, data in streams.items():
+        for flags in (0x00, 0x02, 0x03, 0x8D, 0xF1):
+            out[f"{name}.{flags:02x}"] = bytes([flags]) + data
+    return out
+
+
 def bpf_seeds() -> dict[str, bytes]:
     exprs = {
         "ip": "ip",
@@ -120,7 +142,8 @@ def bpf_seeds() -> dict[str, bytes]:
 
 
 def main() -> None:
-    for harness, seeds in (("pcap_stream", pcap_seeds()), ("bpf", bpf_seeds())):
+    for harness, seeds in (("pcap_stream", pcap_seeds()), ("bpf", bpf_seeds()),
+                           ("pcap_rx", pcap_rx_seeds())):
         d = CORPUS / harness
         d.mkdir(parents=True, exist_ok=True)
         for old in d.iterdir():

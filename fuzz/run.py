@@ -35,6 +35,7 @@ HARNESSES: dict[str, list[str]] = {
     "pcap_stream": ["-max_len=140000", "-timeout=20"],
     "bpf": ["-max_len=4096", "-timeout=10"],
     "vhost": ["-max_len=70000", "-timeout=10"],
+    "pcap_rx": ["-max_len=140000", "-timeout=20"],
 }
 CFLAGS = [
     "-g", "-O1", "-std=gnu11", "-pthread",
