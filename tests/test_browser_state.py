@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_browser import ARTIFACTS, Server, _run_cell, browser, jupyter  # noqa: F401  (fixtures)
+from .test_browser import ARTIFACTS, STOP_FILE, Server, _run_cell, browser, jupyter  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.uml]
 
@@ -25,7 +25,7 @@ def test_nf_state_tab_shows_the_nats_connections(jupyter: Server, browser) -> No
         _run_cell(page, 0)  # boots the chain, shows the dashboard
         page.locator(".stdpkt-plots canvas").first.wait_for(timeout=120_000)
         page.locator(".lm-TabBar-tab", has_text="NF state").click()
-        _run_cell(page, 1)  # HTTP and pings through nat for 14 s
+        _run_cell(page, 1)  # HTTP and pings through nat until STOP_FILE exists
         page.wait_for_function(
             "() => { const v = document.querySelector('.stdpkt-state-connections');"
             " return v && /TIME_WAIT|ESTABLISHED/.test(v.textContent) && /icmp/.test(v.textContent); }",
@@ -39,6 +39,8 @@ def test_nf_state_tab_shows_the_nats_connections(jupyter: Server, browser) -> No
         assert "nat" in text and "connections" in text and "routes" in text
         assert "addresses" in text and "neighbours" in text and "eth1" in text
         assert "→" in text  # original/reply tuples, not wrapped conntrack text
+        assert jupyter.root is not None
+        (jupyter.root / STOP_FILE).write_text("seen\n")  # the traffic cell may end now
         page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')]"
                                ".some(p => p.textContent.includes('*'))", timeout=60_000)
         _run_cell(page, 2)
