@@ -21,7 +21,9 @@
  *
  * The harness steps the relay (rl_step) and, after each step, plays the guest: takes
  * the used buffers in order and gives some back.  A thread plays the port's thread,
- * draining the socket; frames are recorded in delivery order under one lock.
+ * draining the socket; each frame it takes is placed after the frames the ring had
+ * then (the relay puts nothing into the ring while the socket holds a frame, and the
+ * port's thread would put it into the ring after those).
  *
  * What must hold (else abort, a crash libFuzzer records):
  *   - the relay ends with RELAY_EOF or RELAY_BAD_STREAM within a bounded number of steps;
@@ -63,19 +65,22 @@
 
 /* ------------------------------------------------------------ what was delivered */
 
+/* Frames, concatenated, each with its place: for the ring, the used entry it starts at;
+ * for the socket, how many used entries the ring had when it was taken from the socket. */
 typedef struct delivered {
-    pthread_mutex_t lock;
-    uint8_t *buf;                     /* frames, concatenated in delivery order */
+    uint8_t *buf;
     size_t len, cap;
     uint32_t lens[MAX_FRAMES];
+    uint32_t at[MAX_FRAMES];
     uint64_t frames;
 } delivered;
 
-/* d->lock held */
-static void deliver(delivered *d, const uint8_t *f, size_t n)
+static void deliver(delivered *d, const uint8_t *f, size_t n, uint32_t at)
 {
     if (n < RELAY_FRAME_MIN || n > RELAY_FRAME_MAX)
         FAIL("a frame of %zu bytes delivered", n);
+    if (d->frames >= MAX_FRAMES)
+        FAIL("more than %d frames", MAX_FRAMES);
     if (d->len + n > d->cap) {
         d->cap = (d->len + n) * 2;
         d->buf = realloc(d->buf, d->cap);
@@ -84,9 +89,27 @@ static void deliver(delivered *d, const uint8_t *f, size_t n)
     }
     memcpy(d->buf + d->len, f, n);
     d->len += n;
-    if (d->frames < MAX_FRAMES)
-        d->lens[d->frames] = (uint32_t)n;
+    d->lens[d->frames] = (uint32_t)n;
+    d->at[d->frames] = at;
     d->frames++;
+}
+
+/* The order the guest sees: a frame the port's socket held goes after every frame the
+ * ring had then, before every later one (the port's thread puts it into the ring after
+ * those; the relay puts nothing into the ring while the socket holds a frame). */
+static void merge(const delivered *ring, const delivered *sock, delivered *out)
+{
+    size_t ri = 0, si = 0, roff = 0, soff = 0;
+    while (ri < ring->frames || si < sock->frames) {
+        int take_ring = si == sock->frames || (ri < ring->frames && ring->at[ri] < sock->at[si]);
+        if (take_ring) {
+            deliver(out, ring->buf + roff, ring->lens[ri], 0);
+            roff += ring->lens[ri++];
+        } else {
+            deliver(out, sock->buf + soff, sock->lens[si], 1);
+            soff += sock->lens[si++];
+        }
+    }
 }
 
 /* ------------------------------------------------------------ the port's thread */
@@ -94,7 +117,8 @@ static void deliver(delivered *d, const uint8_t *f, size_t n)
 typedef struct drainer {
     int fd;
     int stop;                         /* atomic */
-    delivered *d;
+    const uint16_t *used_idx;         /* the guest's used ring index */
+    delivered d;
 } drainer;
 
 static void *drain_main(void *arg)
@@ -108,15 +132,13 @@ static void *drain_main(void *arg)
             break;
         if (rc <= 0)
             continue;
-        /* received and recorded under the lock: the relay sees the socket empty (and
-         * may put a later frame into the ring) only after this one is recorded */
-        pthread_mutex_lock(&dr->d->lock);
+        /* the socket holds a frame: until it is taken the relay puts nothing into the
+         * ring, so the index read now is the ring's when the frame was sent */
+        uint16_t at = __atomic_load_n(dr->used_idx, __ATOMIC_ACQUIRE);
         ssize_t k = recv(dr->fd, msg, sizeof msg, MSG_DONTWAIT);
-        int err = errno;
         if (k > 0)
-            deliver(dr->d, msg, (size_t)k);
-        pthread_mutex_unlock(&dr->d->lock);
-        if (k == 0 || (k < 0 && err != EAGAIN && err != EINTR))
+            deliver(&dr->d, msg, (size_t)k, at);
+        else if (k == 0 || (errno != EAGAIN && errno != EINTR))
             break;
     }
     return NULL;
@@ -138,6 +160,7 @@ typedef struct guest {
     uint8_t *frame;                   /* the frame being put together */
     size_t flen;
     uint32_t left;                    /* its buffers still to come */
+    uint16_t start;                   /* the used entry it starts at */
 } guest;
 
 static uint16_t *avail_ring(guest *g) { return (uint16_t *)(g->mem + AVAIL_OFF); }
@@ -186,8 +209,7 @@ static int guest_init(guest *g, uint8_t mode)
     return 0;
 }
 
-/* The used entries since the last look: frames put together, chains to give back
- * (d->lock held). */
+/* The used entries since the last look: frames put together, chains to give back. */
 static void guest_take(guest *g, delivered *d)
 {
     uint16_t idx = __atomic_load_n(&used_hdr(g)[1], __ATOMIC_ACQUIRE);
@@ -212,6 +234,7 @@ static void guest_take(guest *g, delivered *d)
                 FAIL("num_buffers %u (%u chains, mergeable %d)", nb, g->chains, g->mrg);
             g->left = nb;
             g->flen = 0;
+            g->start = (uint16_t)(g->used_seen - 1);
             from = VU_NET_HDR;
         }
         if (g->flen + (e.len - from) > RELAY_FRAME_MAX)
@@ -219,7 +242,7 @@ static void guest_take(guest *g, delivered *d)
         memcpy(g->frame + g->flen, b + from, e.len - from);
         g->flen += e.len - from;
         if (--g->left == 0)
-            deliver(d, g->frame, g->flen);
+            deliver(d, g->frame, g->flen, g->start);
         g->give[g->ngive++] = c;
     }
 }
@@ -324,11 +347,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         pp[1] = -1;
     }
 
-    static delivered d;
+    /* large: static, emptied for each input */
+    static delivered ring_d, d;
+    static drainer dr;
+    free(ring_d.buf);
+    free(dr.d.buf);
     free(d.buf);
+    memset(&ring_d, 0, sizeof ring_d);
+    memset(&dr, 0, sizeof dr);
     memset(&d, 0, sizeof d);
-    pthread_mutex_init(&d.lock, NULL);
-    drainer dr = { .fd = sp[1], .d = &d };
+    dr.fd = sp[1];
+    dr.used_idx = &used_hdr(&g)[1];
     pthread_t dt;
     pthread_create(&dt, NULL, drain_main, &dr);
 
@@ -339,9 +368,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (++steps > MAX_STEPS)
             FAIL("no end after %d steps", MAX_STEPS);
         res = rl_step(r, &idle);
-        pthread_mutex_lock(&d.lock);
-        guest_take(&g, &d);
-        pthread_mutex_unlock(&d.lock);
+        guest_take(&g, &ring_d);
         guest_give(&g, g.per_step);
         if (res == 0 && idle) {
             if (pp[1] >= 0) {                       /* the first part is read: the rest */
@@ -359,9 +386,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         close(pp[1]);
     __atomic_store_n(&dr.stop, 1, __ATOMIC_RELEASE);
     pthread_join(dt, NULL);
-    pthread_mutex_lock(&d.lock);
-    guest_take(&g, &d);
-    pthread_mutex_unlock(&d.lock);
+    guest_take(&g, &ring_d);
+    merge(&ring_d, &dr.d, &d);
 
     if (res != RELAY_EOF && res != RELAY_BAD_STREAM) {
         char err[400];
@@ -402,7 +428,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     v->mem.n = 0;                                   /* the guest's memory is ours, not mapped */
     relay_vhost_free(v);
     close(sp[1]);
-    pthread_mutex_destroy(&d.lock);
     free(g.mem);
     free(g.frame);
     return 0;
