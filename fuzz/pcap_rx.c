@@ -266,6 +266,7 @@ static relay_vhost *port(guest *g, int data_fd, int offload)
     relay_vhost *v = relay_vhost_new(path, data_fd, 65535, (const uint8_t *)"\x02\0\0\0\0\1", offload);
     if (v == NULL)
         FAIL("relay_vhost_new: %s", strerror(errno));
+    unlink(path);                               /* no guest connects: nothing left on an abort */
     v->cfd = eventfd(0, EFD_CLOEXEC);           /* "a guest is connected" (closed at free) */
     v->acked = BIT(F_VERSION_1) | (g->mrg ? BIT(F_MRG_RXBUF) : 0) |
                (offload ? BIT(F_GUEST_CSUM) | BIT(F_GUEST_TSO4) | BIT(F_GUEST_TSO6) : 0);
