@@ -6,7 +6,7 @@
 * the exec agent's two pipes, when the spec has one (engine/agent.py).
 
 Our ends go to the caller's ``ours`` list (the instance closes them at teardown), the
-kernel's ends to ``theirs`` (passed to the launcher, then closed here by the caller).
+kernel's ends to ``theirs`` (the caller passes them to the launcher, then closes them).
 """
 
 from __future__ import annotations
