@@ -180,13 +180,15 @@ static void *loop(void *arg)
             continue;
         }
         if (i_c >= 0 && p[i_c].revents) {
-            /* a message may change the queues or the memory a relay reads: it lets go */
+            /* a message that may change the queues or the memory a relay reads ends its
+             * grant (vh_handle) */
             pthread_mutex_lock(&v->tx_lock);
             pthread_mutex_lock(&v->rx_lock);
-            vh_revoke(v);
             int gone = vh_handle(v) < 0;
-            if (gone)
+            if (gone) {
+                vh_revoke(v);
                 guest_gone(v, NULL);
+            }
             pthread_mutex_unlock(&v->rx_lock);
             pthread_mutex_unlock(&v->tx_lock);
             if (gone)

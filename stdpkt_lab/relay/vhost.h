@@ -195,7 +195,9 @@ void vh_err(relay_vhost *v, const char *fmt, ...) __attribute__((format(printf, 
 void vh_unmap_all(relay_vhost *v);
 void vh_close_queue(vu_queue *q);
 int vh_ready(relay_vhost *v);                   /* both queues mapped, kicked and enabled */
-/* vhost_proto.c: one message of the front end; -1 when the connection is gone or broken */
+/* vhost_proto.c: one message of the front end (tx_lock and rx_lock held); a request that
+ * may change the queues ends the transmit grant first.  -1 when the connection is gone or
+ * broken (the caller ends the grant). */
 int vh_handle(relay_vhost *v);
 static inline void vh_add(uint64_t *p, uint64_t n)
 {

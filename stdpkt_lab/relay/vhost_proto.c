@@ -152,12 +152,40 @@ static int set_mem_table(relay_vhost *v, msg *m, int *fds, int nfds)
     return 0;
 }
 
+/* Whether a request may change the queues, the memory or the features a relay reading
+ * them relies on.  Only those end its grant (vh_revoke): a grant ended forgets the
+ * transmit frames a relay still holds spliced in a pipe (vhost_splice.c), so a query
+ * (GET_CONFIG and the like) must not end it. */
+static int changes_queues(uint32_t request)
+{
+    switch (request) {
+    case GET_FEATURES:
+    case GET_PROTOCOL_FEATURES:
+    case SET_PROTOCOL_FEATURES:
+    case GET_QUEUE_NUM:
+    case GET_CONFIG:
+    case SET_CONFIG:
+    case SET_LOG_BASE:
+    case SET_LOG_FD:
+    case SET_SLAVE_REQ_FD:
+    case SET_VRING_CALL:               /* used only under the queue's lock (vq_signal) */
+    case SET_VRING_ERR:
+    case SET_OWNER:
+        return 0;
+    default:                           /* and any request we do not know */
+        return 1;
+    }
+}
+
+/* tx_lock and rx_lock held. */
 int vh_handle(relay_vhost *v)
 {
     msg m;
     int fds[VU_MAX_REGIONS], nfds, ok = 0;
     if (recv_msg(v, &m, fds, &nfds) < 0)
-        return -1;
+        return -1;                     /* the caller ends the grant */
+    if (changes_queues(m.request))
+        vh_revoke(v);
     uint32_t idx = 0, num = 0;
     uint64_t u = 0;
     if (m.size >= 8)

@@ -20,7 +20,8 @@
  * Held frames are released at every step and, while any are held, at least every
  * RELEASE_NS (the loop's poll has that timeout), since a guest whose TCP waits for
  * its transmit completions would not kick the queue again.  A new destination or a
- * failed FIONREAD releases them all; a reset queue (a new generation) forgets them,
+ * failed FIONREAD releases them all; a reset queue (a new generation: vhost_proto.c
+ * changes_queues) forgets them,
  * since the heads are the old queue's.  When the loop ends they are released once
  * the reader has read them, or after SETTLE_NS.
  */
