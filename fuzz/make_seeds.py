@@ -9,6 +9,10 @@ pcap_rx: pcap streams with large records, behind the harness's flags byte (guest
 buffers, a slow guest, offload, the stream in two parts).
 bpf: the programs the project's own filter compiler (stdpkt_lab.relay.bpf)
 makes for typical trace expressions, each with a packet.
+vhost_proto: vhost-user sessions as UML's front end holds them (features, memory
+table, both queues set up, configuration read), with acknowledgements asked or not,
+a region past its file, two regions, traffic-time queries, a stop, and a tail that
+loses the framing.
 
 Usage: .venv/bin/python fuzz/make_seeds.py
 """
@@ -141,9 +145,60 @@ def bpf_seeds() -> dict[str, bytes]:
     return out
 
 
+def vhost_proto_seeds() -> dict[str, bytes]:
+    """Front-end sessions behind the harness's flags byte (fuzz/vhost_proto.c's layout:
+    control byte, 12-byte header, payload; the harness gives the descriptors)."""
+    memfd, efd, raw = 0x00, 0x08, 0x10
+
+    def msg(request: int, payload: bytes = b"", fds: int = 0, kind: int = memfd, flags: int = 1) -> bytes:
+        return bytes([fds | kind]) + struct.pack("<III", request, flags, len(payload)) + payload
+
+    uva = 0x7F00_0000_0000
+    features = (1 << 3) | (1 << 5) | (1 << 15) | (1 << 28) | (1 << 30) | (1 << 32)
+    offload = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 11) | (1 << 12)
+
+    def table(regions: list[tuple[int, int, int, int]]) -> bytes:
+        return msg(5, struct.pack("<II", len(regions), 0)
+                   + b"".join(struct.pack("<QQQQ", *r) for r in regions), fds=len(regions))
+
+    def queues(ack: int) -> bytes:
+        out = b""
+        for q in (0, 1):
+            base = uva + q * 0x4000
+            out += msg(8, struct.pack("<II", q, 256), flags=ack)
+            out += msg(10, struct.pack("<II", q, 0), flags=ack)
+            out += msg(9, struct.pack("<IIQQQQ", q, 0, base, base + 0x2000, base + 0x1000, 0), flags=ack)
+            out += msg(12, struct.pack("<Q", q), fds=1, kind=efd, flags=ack)
+            out += msg(13, struct.pack("<Q", q), fds=1, kind=efd, flags=ack)
+            out += msg(18, struct.pack("<II", q, 1), flags=ack)
+        return out
+
+    def session(ack: int, feats: int, mem: bytes) -> bytes:
+        return (msg(1) + msg(15) + msg(16, struct.pack("<Q", (1 << 3) | (1 << 5) | (1 << 9)))
+                + msg(3) + msg(21, fds=1, kind=efd, flags=ack) + msg(2, struct.pack("<Q", feats), flags=ack)
+                + msg(24, struct.pack("<III", 0, 12, 0) + bytes(12)) + mem + queues(ack))
+
+    one = table([(0, 65536, uva, 0)])
+    queries = msg(24, struct.pack("<III", 0, 10, 0) + bytes(10)) + msg(17) + msg(1) + msg(15)
+    stop = msg(11, struct.pack("<II", 0, 0)) + msg(11, struct.pack("<II", 1, 0)) + msg(4)
+    seeds = {
+        "uml": b"\x00" + session(1, features, one) + queries,
+        "uml-ack-offload": b"\x01" + session(9, features | offload, one) + queries + stop,
+        "two-regions": b"\x01" + session(9, features, table([(0, 32768, uva, 0), (32768, 32768, uva + 32768, 32768)])),
+        "past-the-file": b"\x00" + session(9, features, table([(0, 1 << 20, uva, 0)])),
+        "offset-past-the-file": b"\x00" + session(9, features, table([(0, 4096, uva, 65536)])),
+        "ring-outside": b"\x00" + session(9, features, table([(0, 8192, uva, 0)])),
+        "unknown-request": b"\x00" + session(1, features, one) + msg(99, flags=9) + msg(24, bytes(12)),
+        "raw-tail": b"\x00" + session(1, features, one) + bytes([raw]) + struct.pack("<III", 24, 9, 40)
+        + struct.pack("<III", 0, 12, 0) + bytes(40),
+        "raw-oversized": b"\x00" + msg(1) + bytes([raw]) + struct.pack("<III", 2, 1, 600) + bytes(64),
+    }
+    return seeds
+
+
 def main() -> None:
     for harness, seeds in (("pcap_stream", pcap_seeds()), ("bpf", bpf_seeds()),
-                           ("pcap_rx", pcap_rx_seeds())):
+                           ("pcap_rx", pcap_rx_seeds()), ("vhost_proto", vhost_proto_seeds())):
         d = CORPUS / harness
         d.mkdir(parents=True, exist_ok=True)
         for old in d.iterdir():

@@ -36,6 +36,7 @@ HARNESSES: dict[str, list[str]] = {
     "bpf": ["-max_len=4096", "-timeout=10"],
     "vhost": ["-max_len=70000", "-timeout=10"],
     "pcap_rx": ["-max_len=140000", "-timeout=20"],
+    "vhost_proto": ["-max_len=16384", "-timeout=10"],
 }
 CFLAGS = [
     "-g", "-O1", "-std=gnu11", "-pthread",

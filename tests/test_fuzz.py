@@ -25,7 +25,7 @@ SECONDS = int(os.environ.get("FUZZ_TEST_SECONDS", "25"))
     shutil.which("clang") is None and shutil.which("clang-14") is None,
     reason="clang is not installed (scripts/install-system-packages.sh installs clang and libclang-rt-14-dev)",
 )
-@pytest.mark.parametrize("harness", ["pcap_stream", "bpf", "vhost", "pcap_rx"])
+@pytest.mark.parametrize("harness", ["pcap_stream", "bpf", "vhost", "pcap_rx", "vhost_proto"])
 def test_fuzz_harness_finds_nothing(harness: str, tmp_path: Path) -> None:
     out = tmp_path / "fuzz.json"
     proc = subprocess.run(

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* protocol */
@@ -130,6 +131,15 @@ static int set_mem_table(relay_vhost *v, msg *m, int *fds, int nfds)
         memcpy(&r->size, m->payload + 16 + 32 * i, 8);
         memcpy(&r->uva, m->payload + 24 + 32 * i, 8);
         memcpy(&r->mmap_offset, m->payload + 32 + 32 * i, 8);
+        struct stat st = { 0 };
+        if (fstat(fds[i], &st) < 0 || st.st_size < 0 || r->size == 0 ||
+            r->mmap_offset > (uint64_t)st.st_size || r->size > (uint64_t)st.st_size - r->mmap_offset) {
+            vh_err(v, "memory region %u: %llu bytes at offset %llu of a %lld-byte file", i,
+                   (unsigned long long)r->size, (unsigned long long)r->mmap_offset,
+                   (long long)st.st_size);   /* mapped, its end would fault when touched */
+            v->mem.n = i;
+            return -1;
+        }
         long page = sysconf(_SC_PAGESIZE);
         uint64_t lead = r->mmap_offset % (uint64_t)page;
         r->map_len = (size_t)(r->size + lead);
