@@ -242,7 +242,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     break;
                 check_memory(v);
             }
-            at = size;
             break;
         }
         sz %= MAX_PAYLOAD + 1;
